@@ -1,0 +1,664 @@
+//! The dynamic batcher: the heart of the runtime.
+//!
+//! Each model has one [`Batcher`]: a bounded queue in front of a worker on its own OS thread
+//! (model code never runs on the async runtime). The worker takes the oldest request, then waits
+//! at most [`BatchPolicy::max_queue_delay`] (counted from that request's arrival) for more, until
+//! the batch is full by [`BatchPolicy::max_batch_size`] items or
+//! [`BatchPolicy::max_batch_tokens`] padded tokens, runs the batch, and answers every request
+//! with its own result and the batch's statistics.
+//!
+//! Guarantees:
+//! - a full queue rejects at once with [`InferError::Overloaded`] and a retry time estimated
+//!   from the queue's depth and the model's observed throughput;
+//! - a request whose deadline passes, or whose caller gave up, is dropped from the queue and
+//!   never run;
+//! - a panic inside the model fails only the batch it was running, and the worker goes on;
+//! - dropping the batcher closes the queue, runs what is already queued, and joins the worker.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use crate::error::InferError;
+use crate::metrics::BatchMetrics;
+
+/// What the batcher needs to know about one request to place it in a batch.
+pub trait BatchItem {
+    /// Items the request adds to a batch (rows for tabular models, sequences for text); counted
+    /// against `max_batch_size`.
+    fn size(&self) -> usize {
+        1
+    }
+
+    /// The request's longest sequence in tokens, for the `max_batch_tokens` budget; 0 for models
+    /// without tokens.
+    fn tokens(&self) -> usize {
+        0
+    }
+}
+
+/// A model that answers a batch of requests at once. It lives on the batcher's worker thread.
+pub trait BatchModel: Send + 'static {
+    /// One caller's request.
+    type Request: BatchItem + Send + 'static;
+    /// One caller's answer.
+    type Response: Send + 'static;
+
+    /// Answers every request, in order: exactly one response per request. An error fails the
+    /// whole batch.
+    fn run_batch(&mut self, requests: Vec<Self::Request>) -> Result<Vec<Self::Response>, InferError>;
+}
+
+/// How a model's batches are formed, and how much may wait.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchPolicy {
+    /// Most items (rows or sequences) in one batch. A single request larger than this runs as a
+    /// batch of its own.
+    pub max_batch_size: usize,
+    /// Most padded tokens (longest sequence × sequences) in one batch, for text models.
+    pub max_batch_tokens: Option<usize>,
+    /// Longest time the oldest queued request waits for others to join its batch. The default,
+    /// zero, never delays a request: a batch takes whatever queued while the previous one ran,
+    /// which is where batching pays. Raise it (a few milliseconds) for models whose cost per
+    /// batch, not per item, dominates, such as GPU models at low load.
+    #[serde(with = "humantime_serde")]
+    pub max_queue_delay: Duration,
+    /// Most requests waiting; one more is rejected at once as overloaded.
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        Self { max_batch_size: 64, max_batch_tokens: None, max_queue_delay: Duration::ZERO, queue_capacity: 1024 }
+    }
+}
+
+impl BatchPolicy {
+    /// Checks that the policy can form batches at all.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch_size == 0 {
+            return Err("max_batch_size must be at least 1".into());
+        }
+        if self.max_batch_tokens == Some(0) {
+            return Err("max_batch_tokens must be at least 1 when set".into());
+        }
+        if self.queue_capacity == 0 {
+            return Err("queue_capacity must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// How a request was batched and how long each stage took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Items in the batch that answered this request, all requests together.
+    pub batch_size: usize,
+    /// Requests in that batch.
+    pub batch_requests: usize,
+    /// Time from submission to the start of the batch.
+    pub queue_time: Duration,
+    /// Time the model took for the whole batch.
+    pub compute_time: Duration,
+}
+
+/// A request's answer with its batch statistics.
+#[derive(Debug)]
+pub struct Completed<T> {
+    /// The model's answer.
+    pub output: T,
+    /// How the request was batched.
+    pub stats: BatchStats,
+}
+
+type Answer<T> = Result<Completed<T>, InferError>;
+type Reply<T> = oneshot::Sender<Answer<T>>;
+
+struct Job<M: BatchModel> {
+    request: M::Request,
+    size: usize,
+    tokens: usize,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+    reply: Reply<M::Response>,
+}
+
+struct Queue<M: BatchModel> {
+    jobs: VecDeque<Job<M>>,
+    /// Sum of the queued jobs' sizes.
+    items: usize,
+    closed: bool,
+}
+
+struct Shared<M: BatchModel> {
+    name: String,
+    policy: BatchPolicy,
+    queue: Mutex<Queue<M>>,
+    wakeup: Condvar,
+    /// Moving average of compute time per item, in nanoseconds, for retry estimates.
+    nanos_per_item: AtomicU64,
+    metrics: BatchMetrics,
+}
+
+/// A model's queue and its worker thread. Cheap to share behind an `Arc`.
+pub struct Batcher<M: BatchModel> {
+    shared: Arc<Shared<M>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl<M: BatchModel> Batcher<M> {
+    /// Starts the worker thread for `model`. Fails only if the policy is invalid or the thread
+    /// cannot be spawned.
+    pub fn spawn(name: &str, model: M, policy: BatchPolicy, metrics: BatchMetrics) -> Result<Self, String> {
+        policy.validate()?;
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            policy,
+            queue: Mutex::new(Queue { jobs: VecDeque::new(), items: 0, closed: false }),
+            wakeup: Condvar::new(),
+            nanos_per_item: AtomicU64::new(0),
+            metrics,
+        });
+        let worker_shared = Arc::clone(&shared);
+        let worker = std::thread::Builder::new()
+            .name(format!("inferd-batch-{name}"))
+            .spawn(move || worker_shared.work(model))
+            .map_err(|err| format!("cannot start the batch worker thread: {err}"))?;
+        Ok(Self { shared, worker: Some(worker) })
+    }
+
+    /// The policy this batcher forms batches with.
+    pub fn policy(&self) -> &BatchPolicy {
+        &self.shared.policy
+    }
+
+    /// Stops accepting requests ([`InferError::ShuttingDown`]); what is already queued still
+    /// runs, without waiting for the batch window.
+    pub fn close(&self) {
+        self.shared.lock().closed = true;
+        self.shared.wakeup.notify_all();
+    }
+
+    /// Requests waiting in the queue now.
+    pub fn queue_len(&self) -> usize {
+        self.shared.lock().jobs.len()
+    }
+
+    /// Queues `request` and waits for its answer. Rejects at once when the queue is full; gives
+    /// up with [`InferError::Timeout`] at `deadline`, after which the request is never run.
+    /// Dropping the returned future also withdraws the request.
+    pub async fn submit(
+        &self,
+        request: M::Request,
+        deadline: Option<Instant>,
+    ) -> Result<Completed<M::Response>, InferError> {
+        let submitted = Instant::now();
+        let receiver = self.shared.enqueue(request, submitted, deadline)?;
+        let answer = match deadline {
+            None => receiver.await,
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), receiver)
+                .await
+                .map_err(|_| InferError::Timeout(submitted.elapsed()))?,
+        };
+        answer.unwrap_or_else(|_| Err(InferError::Internal("the batch worker stopped".into())))
+    }
+}
+
+impl<M: BatchModel> Drop for Batcher<M> {
+    fn drop(&mut self) {
+        self.close();
+        if let Some(worker) = self.worker.take() {
+            // The worker runs what is queued, then exits; it never panics out (model panics are
+            // caught), so a join error is a bug worth logging, not propagating.
+            if worker.join().is_err() {
+                tracing::error!(model = %self.shared.name, "batch worker thread panicked");
+            }
+        }
+    }
+}
+
+impl<M: BatchModel> Shared<M> {
+    fn lock(&self) -> MutexGuard<'_, Queue<M>> {
+        // No code panics while holding the lock, but never let poisoning take the model down.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn enqueue(
+        &self,
+        request: M::Request,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<oneshot::Receiver<Answer<M::Response>>, InferError> {
+        if deadline.is_some_and(|deadline| deadline <= now) {
+            return Err(InferError::Timeout(Duration::ZERO));
+        }
+        let (reply, receiver) = oneshot::channel();
+        let job = Job { size: request.size(), tokens: request.tokens(), request, enqueued: now, deadline, reply };
+        let mut queue = self.lock();
+        if queue.closed {
+            return Err(InferError::ShuttingDown);
+        }
+        if queue.jobs.len() >= self.policy.queue_capacity {
+            return Err(InferError::Overloaded {
+                model: self.name.clone(),
+                retry_after: self.retry_after(queue.items),
+            });
+        }
+        queue.items += job.size;
+        queue.jobs.push_back(job);
+        self.metrics.queue_depth.set(queue.jobs.len() as i64);
+        drop(queue);
+        self.wakeup.notify_one();
+        Ok(receiver)
+    }
+
+    /// How long until `queued_items` will have been worked off, from observed throughput;
+    /// at least one second (the resolution of `Retry-After`), at most a minute.
+    fn retry_after(&self, queued_items: usize) -> Duration {
+        let nanos_per_item = f64::from_bits(self.nanos_per_item.load(Ordering::Relaxed));
+        let seconds = (queued_items as f64 * nanos_per_item / 1e9).ceil();
+        Duration::from_secs(seconds.clamp(1.0, 60.0) as u64)
+    }
+
+    fn work(&self, mut model: M) {
+        while let Some(batch) = self.next_batch() {
+            self.run(&mut model, batch);
+        }
+    }
+
+    /// Waits for the next batch to be complete; `None` once the queue is closed and empty.
+    fn next_batch(&self) -> Option<Vec<Job<M>>> {
+        let mut queue = self.lock();
+        loop {
+            let now = Instant::now();
+            self.drop_abandoned(&mut queue, now);
+            let Some(oldest) = queue.jobs.front() else {
+                if queue.closed {
+                    return None;
+                }
+                queue = self.wakeup.wait(queue).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            };
+            let window_end = oldest.enqueued + self.policy.max_queue_delay;
+            let (count, full) = self.fit(&queue.jobs);
+            if full || queue.closed || now >= window_end {
+                let batch: Vec<Job<M>> = queue.jobs.drain(..count).collect();
+                queue.items -= batch.iter().map(|job| job.size).sum::<usize>();
+                self.metrics.queue_depth.set(queue.jobs.len() as i64);
+                return Some(batch);
+            }
+            queue = self.wakeup.wait_timeout(queue, window_end - now).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+
+    /// How many jobs from the front of the queue form a batch, and whether that batch is full
+    /// (no further job could join it).
+    fn fit(&self, jobs: &VecDeque<Job<M>>) -> (usize, bool) {
+        let mut items = 0;
+        let mut longest = 0;
+        for (count, job) in jobs.iter().enumerate() {
+            let next_items = items + job.size;
+            let next_longest = longest.max(job.tokens);
+            let over_size = next_items > self.policy.max_batch_size;
+            let over_tokens = self.policy.max_batch_tokens.is_some_and(|budget| next_longest * next_items > budget);
+            if count > 0 && (over_size || over_tokens) {
+                return (count, true);
+            }
+            items = next_items;
+            longest = next_longest;
+        }
+        (jobs.len(), items >= self.policy.max_batch_size)
+    }
+
+    /// Removes jobs whose caller has gone or whose deadline has passed, so they are never run.
+    fn drop_abandoned(&self, queue: &mut Queue<M>, now: Instant) {
+        let before = queue.jobs.len();
+        let mut removed_items = 0;
+        queue.jobs.retain_mut(|job| {
+            let expired = job.deadline.is_some_and(|deadline| deadline <= now);
+            let keep = !expired && !job.reply.is_closed();
+            if !keep {
+                removed_items += job.size;
+            }
+            keep
+        });
+        if queue.jobs.len() != before {
+            queue.items -= removed_items;
+            self.metrics.queue_depth.set(queue.jobs.len() as i64);
+            tracing::debug!(model = %self.name, dropped = before - queue.jobs.len(), "dropped expired or abandoned requests");
+        }
+    }
+
+    fn run(&self, model: &mut M, batch: Vec<Job<M>>) {
+        let started = Instant::now();
+        let batch_requests = batch.len();
+        let batch_size: usize = batch.iter().map(|job| job.size).sum();
+        let mut requests = Vec::with_capacity(batch_requests);
+        let mut replies = Vec::with_capacity(batch_requests);
+        for job in batch {
+            self.metrics.queue_duration.observe(started.duration_since(job.enqueued).as_secs_f64());
+            requests.push(job.request);
+            replies.push((job.reply, job.enqueued));
+        }
+
+        let result = catch_unwind(AssertUnwindSafe(|| model.run_batch(requests)));
+        let compute_time = started.elapsed();
+        self.metrics.observe_batch(batch_size, compute_time);
+        self.record_throughput(batch_size, compute_time);
+
+        let outputs = match result {
+            Ok(Ok(outputs)) if outputs.len() == batch_requests => Ok(outputs),
+            Ok(Ok(outputs)) => Err(InferError::Internal(format!(
+                "model returned {} answers for {batch_requests} requests",
+                outputs.len()
+            ))),
+            Ok(Err(err)) => Err(err),
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                tracing::error!(model = %self.name, %message, "model panicked; failing its batch");
+                Err(InferError::Internal(format!("model panicked: {message}")))
+            }
+        };
+        let stats = |enqueued: Instant| BatchStats {
+            batch_size,
+            batch_requests,
+            queue_time: started.duration_since(enqueued),
+            compute_time,
+        };
+        // A send fails only when the caller has gone; there is nobody left to tell.
+        match outputs {
+            Ok(outputs) => {
+                for ((reply, enqueued), output) in replies.into_iter().zip(outputs) {
+                    let _ = reply.send(Ok(Completed { output, stats: stats(enqueued) }));
+                }
+            }
+            Err(err) => {
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn record_throughput(&self, items: usize, compute: Duration) {
+        if items == 0 {
+            return;
+        }
+        let sample = compute.as_nanos() as f64 / items as f64;
+        let previous = f64::from_bits(self.nanos_per_item.load(Ordering::Relaxed));
+        let average = if previous == 0.0 { sample } else { 0.8 * previous + 0.2 * sample };
+        self.nanos_per_item.store(average.to_bits(), Ordering::Relaxed);
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// A request for the test model: `value` is echoed back doubled; a value of -1 panics.
+    struct Echo {
+        value: i64,
+        size: usize,
+    }
+
+    impl BatchItem for Echo {
+        fn size(&self) -> usize {
+            self.size
+        }
+    }
+
+    /// A model that records the batches it sees and can be slowed down or held.
+    struct Recorder {
+        batches: mpsc::Sender<Vec<i64>>,
+        delay: Duration,
+        runs: Arc<AtomicUsize>,
+    }
+
+    impl BatchModel for Recorder {
+        type Request = Echo;
+        type Response = i64;
+
+        fn run_batch(&mut self, requests: Vec<Echo>) -> Result<Vec<i64>, InferError> {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            let values: Vec<i64> = requests.iter().map(|r| r.value).collect();
+            let _ = self.batches.send(values.clone());
+            if values.contains(&-1) {
+                panic!("asked to panic");
+            }
+            std::thread::sleep(self.delay);
+            Ok(values.iter().map(|v| v * 2).collect())
+        }
+    }
+
+    struct Harness {
+        batcher: Arc<Batcher<Recorder>>,
+        batches: mpsc::Receiver<Vec<i64>>,
+        runs: Arc<AtomicUsize>,
+    }
+
+    fn harness(policy: BatchPolicy, delay: Duration) -> Harness {
+        let (tx, rx) = mpsc::channel();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let model = Recorder { batches: tx, delay, runs: Arc::clone(&runs) };
+        let metrics = Metrics::new();
+        let batcher = Batcher::spawn("test", model, policy, metrics.batcher("test")).unwrap();
+        Harness { batcher: Arc::new(batcher), batches: rx, runs }
+    }
+
+    fn echo(value: i64) -> Echo {
+        Echo { value, size: 1 }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn batches_form_under_concurrency_and_never_exceed_the_limit() {
+        let policy =
+            BatchPolicy { max_batch_size: 8, max_queue_delay: Duration::from_millis(20), ..BatchPolicy::default() };
+        let h = harness(policy, Duration::from_millis(2));
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let batcher = Arc::clone(&h.batcher);
+                tokio::spawn(async move { batcher.submit(echo(i), None).await })
+            })
+            .collect();
+        let mut largest = 0;
+        for (i, task) in tasks.into_iter().enumerate() {
+            let done = task.await.unwrap().unwrap();
+            assert_eq!(done.output, 2 * i as i64, "each caller gets its own answer");
+            assert!(done.stats.batch_size <= 8);
+            largest = largest.max(done.stats.batch_size);
+        }
+        let sizes: Vec<usize> = h.batches.try_iter().map(|b| b.len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 64, "every request ran exactly once");
+        assert!(sizes.iter().all(|&s| s <= 8), "batch sizes {sizes:?}");
+        assert!(largest > 1 && sizes.len() < 64, "batches formed: {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lone_request_waits_no_longer_than_the_queue_delay() {
+        let delay = Duration::from_millis(30);
+        let policy = BatchPolicy { max_batch_size: 32, max_queue_delay: delay, ..BatchPolicy::default() };
+        let h = harness(policy, Duration::ZERO);
+        let started = Instant::now();
+        let done = h.batcher.submit(echo(7), None).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(done.output, 14);
+        assert_eq!(done.stats.batch_size, 1);
+        assert!(elapsed >= delay, "the batcher waited for company: {elapsed:?}");
+        assert!(elapsed < delay + Duration::from_millis(100), "but not much longer: {elapsed:?}");
+        assert!(done.stats.queue_time >= delay && done.stats.queue_time < delay + Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_runs_without_waiting_for_the_delay() {
+        let policy =
+            BatchPolicy { max_batch_size: 4, max_queue_delay: Duration::from_secs(10), ..BatchPolicy::default() };
+        let h = harness(policy, Duration::ZERO);
+        let started = Instant::now();
+        let done = h.batcher.submit(Echo { value: 1, size: 4 }, None).await.unwrap();
+        assert_eq!(done.stats.batch_size, 4);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_rejects_at_once() {
+        let policy = BatchPolicy {
+            max_batch_size: 1,
+            max_queue_delay: Duration::ZERO,
+            queue_capacity: 2,
+            ..BatchPolicy::default()
+        };
+        let h = harness(policy, Duration::from_millis(300));
+        // One request occupies the worker, two fill the queue.
+        let mut pending = Vec::new();
+        for i in 0..3 {
+            let batcher = Arc::clone(&h.batcher);
+            pending.push(tokio::spawn(async move { batcher.submit(echo(i), None).await }));
+            if i == 0 {
+                while h.runs.load(Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+        while h.batcher.queue_len() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let started = Instant::now();
+        let err = h.batcher.submit(echo(99), None).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(50), "rejected at once");
+        match err {
+            InferError::Overloaded { retry_after, .. } => assert!(retry_after >= Duration::from_secs(1)),
+            other => panic!("expected overload, got {other:?}"),
+        }
+        for task in pending {
+            assert!(task.await.unwrap().is_ok(), "the queued requests still complete");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expired_request_is_not_run() {
+        let policy = BatchPolicy { max_batch_size: 1, max_queue_delay: Duration::ZERO, ..BatchPolicy::default() };
+        let h = harness(policy, Duration::from_millis(200));
+        let batcher = Arc::clone(&h.batcher);
+        let blocker = tokio::spawn(async move { batcher.submit(echo(1), None).await });
+        while h.runs.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let err = h.batcher.submit(echo(2), Some(deadline)).await.unwrap_err();
+        assert!(matches!(err, InferError::Timeout(_)), "{err:?}");
+        blocker.await.unwrap().unwrap();
+        // Give the worker a chance to (wrongly) run the expired job.
+        h.batcher.submit(echo(3), None).await.unwrap();
+        let seen: Vec<i64> = h.batches.try_iter().flatten().collect();
+        assert_eq!(seen, vec![1, 3], "the expired request never reached the model");
+    }
+
+    #[tokio::test]
+    async fn a_deadline_already_past_is_rejected_without_queueing() {
+        let h = harness(BatchPolicy::default(), Duration::ZERO);
+        let err = h.batcher.submit(echo(1), Some(Instant::now())).await.unwrap_err();
+        assert!(matches!(err, InferError::Timeout(_)));
+        assert_eq!(h.batcher.queue_len(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_panicking_model_fails_only_its_batch() {
+        let policy = BatchPolicy { max_batch_size: 1, max_queue_delay: Duration::ZERO, ..BatchPolicy::default() };
+        let h = harness(policy, Duration::ZERO);
+        let err = h.batcher.submit(echo(-1), None).await.unwrap_err();
+        match err {
+            InferError::Internal(message) => assert!(message.contains("asked to panic"), "{message}"),
+            other => panic!("expected an internal error, got {other:?}"),
+        }
+        for i in 0..5 {
+            assert_eq!(h.batcher.submit(echo(i), None).await.unwrap().output, 2 * i, "the worker keeps serving");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_token_budget_limits_padded_tokens() {
+        struct Tokens(usize);
+        impl BatchItem for Tokens {
+            fn tokens(&self) -> usize {
+                self.0
+            }
+        }
+        struct Count(mpsc::Sender<usize>);
+        impl BatchModel for Count {
+            type Request = Tokens;
+            type Response = ();
+            fn run_batch(&mut self, requests: Vec<Tokens>) -> Result<Vec<()>, InferError> {
+                let longest = requests.iter().map(|r| r.0).max().unwrap_or(0);
+                let _ = self.0.send(longest * requests.len());
+                Ok(vec![(); requests.len()])
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let policy = BatchPolicy {
+            max_batch_size: 100,
+            max_batch_tokens: Some(64),
+            max_queue_delay: Duration::from_millis(20),
+            ..BatchPolicy::default()
+        };
+        let batcher = Arc::new(Batcher::spawn("tokens", Count(tx), policy, Metrics::new().batcher("t")).unwrap());
+        let tasks: Vec<_> = [10, 30, 20, 5, 16, 16, 16, 16]
+            .into_iter()
+            .map(|tokens| {
+                let batcher = Arc::clone(&batcher);
+                tokio::spawn(async move { batcher.submit(Tokens(tokens), None).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let costs: Vec<usize> = rx.try_iter().collect();
+        assert!(costs.iter().all(|&c| c <= 64), "padded tokens per batch {costs:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closing_runs_what_is_queued_and_refuses_the_rest() {
+        let policy =
+            BatchPolicy { max_batch_size: 2, max_queue_delay: Duration::from_secs(5), ..BatchPolicy::default() };
+        let h = harness(policy, Duration::ZERO);
+        let batcher = Arc::clone(&h.batcher);
+        let pending = tokio::spawn(async move { batcher.submit(echo(21), None).await });
+        while h.batcher.queue_len() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let started = Instant::now();
+        h.batcher.close();
+        assert_eq!(pending.await.unwrap().unwrap().output, 42);
+        assert!(started.elapsed() < Duration::from_secs(1), "closing cut the batch window short");
+        let err = h.batcher.submit(echo(1), None).await.unwrap_err();
+        assert_eq!(err, InferError::ShuttingDown);
+    }
+
+    #[test]
+    fn invalid_policies_are_refused() {
+        let zero = BatchPolicy { max_batch_size: 0, ..BatchPolicy::default() };
+        assert!(zero.validate().is_err());
+        let no_queue = BatchPolicy { queue_capacity: 0, ..BatchPolicy::default() };
+        assert!(no_queue.validate().is_err());
+    }
+}

@@ -1,0 +1,66 @@
+//! The ways a request can fail, independent of any wire protocol.
+//!
+//! Protocol adapters map each kind to their own status codes and error shapes; the kinds are
+//! chosen so that the mapping is one-to-one (bad input → 400, unknown model → 404, overloaded →
+//! 429, not ready or shutting down → 503, deadline → 504, anything else → 500).
+
+use std::time::Duration;
+
+/// Why an inference request did not produce an answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InferError {
+    /// The request itself is wrong (shape, type, values); retrying it unchanged cannot succeed.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// No model of that name is configured.
+    #[error("model '{0}' is not served here")]
+    ModelNotFound(String),
+    /// The model exists but cannot answer yet (still loading) or at all (failed to load).
+    #[error("model '{model}' is not ready: {reason}")]
+    NotReady {
+        /// The model's name.
+        model: String,
+        /// `loading`, or why loading failed.
+        reason: String,
+    },
+    /// The model's queue is full; the client should retry after the given time.
+    #[error("model '{model}' is overloaded: its queue is full; retry after {}s", retry_after.as_secs())]
+    Overloaded {
+        /// The model's name.
+        model: String,
+        /// An estimate of when the queue will have room, from its depth and observed throughput.
+        retry_after: Duration,
+    },
+    /// The request's deadline passed before it was answered; it was not (or no longer) run.
+    #[error("request deadline exceeded after {}ms", .0.as_millis())]
+    Timeout(Duration),
+    /// The server is draining and accepts no new work.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// A fault inside the runtime or the model (including a panic); the request may be retried.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl InferError {
+    /// A short, stable name for the kind of failure, used as a metric label and in logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidInput(_) => "invalid",
+            Self::ModelNotFound(_) => "not_found",
+            Self::NotReady { .. } => "not_ready",
+            Self::Overloaded { .. } => "overload",
+            Self::Timeout(_) => "timeout",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// When the client may usefully retry, if the failure is transient and the wait is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Overloaded { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}

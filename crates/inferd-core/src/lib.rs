@@ -1,0 +1,19 @@
+//! inferd's serving core: devices, the model traits, the dynamic batcher and its policy, the
+//! model registry and readiness, error kinds, and metric handles.
+//!
+//! This crate knows nothing of HTTP or of model file formats: protocol adapters
+//! (`inferd-server`) sit above it, model families (`inferd-classical`) implement its traits.
+
+pub mod batcher;
+pub mod device;
+pub mod error;
+pub mod metrics;
+pub mod registry;
+pub mod tabular;
+
+pub use batcher::{BatchItem, BatchModel, BatchPolicy, BatchStats, Batcher, Completed};
+pub use device::{Device, DeviceError, DeviceSpec, device_name};
+pub use error::InferError;
+pub use metrics::{BatchMetrics, Metrics};
+pub use registry::{ModelRegistry, ModelStatus, ModelTask, ServedModel};
+pub use tabular::{OutputSpec, Rows, TabularModel, TabularOutput, TabularSchema, TabularService, ValueKind, Values};

@@ -1,0 +1,257 @@
+//! The Open Inference Protocol (KServe v2, Triton, MLServer) over REST.
+//!
+//! Health (`/v2/health/live`, `/v2/health/ready`), server and model metadata (`/v2`,
+//! `/v2/models/{name}`), model readiness (`/v2/models/{name}/ready`) and inference
+//! (`POST /v2/models/{name}/infer`), each also under `/v2/models/{name}/versions/{version}`.
+//! Every model has the single version `1`. Errors are `{"error": "..."}`.
+
+pub mod codec;
+mod tabular;
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use inferd_core::{BatchStats, ModelStatus, ModelTask, ServedModel};
+use serde_json::{Value, json};
+
+use crate::app::{AppState, ModelLabel};
+use crate::error::V2Error;
+
+/// The one version every model has.
+const VERSION: &str = "1";
+/// The header that splits a body into its JSON and binary parts.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// The protocol's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(versioned_model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(versioned_model_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(versioned_infer))
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "inferd",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    }))
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({ "live": true }))
+}
+
+/// Ready when every configured model is ready and the server is not draining; otherwise 503,
+/// saying which models are not ready and why.
+async fn ready(State(state): State<AppState>) -> Response {
+    let statuses = state.registry.statuses();
+    let models: serde_json::Map<String, Value> = statuses
+        .iter()
+        .map(|(name, status)| {
+            let text = match status {
+                ModelStatus::Loading => "loading".to_string(),
+                ModelStatus::Ready => "ready".to_string(),
+                ModelStatus::Failed(reason) => format!("failed: {reason}"),
+            };
+            (name.clone(), Value::from(text))
+        })
+        .collect();
+    let draining = state.is_draining();
+    let is_ready = !draining && statuses.iter().all(|(_, status)| *status == ModelStatus::Ready);
+    let status = if is_ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": is_ready, "draining": draining, "models": models }))).into_response()
+}
+
+/// Attaches the model label for metrics, when the name is a configured model.
+fn labelled(state: &AppState, name: &str, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    if state.registry.contains(name) {
+        response.extensions_mut().insert(ModelLabel(name.to_string()));
+    }
+    response
+}
+
+fn check_version(name: &str, version: &str) -> Result<(), V2Error> {
+    if version == VERSION {
+        Ok(())
+    } else {
+        Err(V2Error::new(
+            StatusCode::NOT_FOUND,
+            format!("model '{name}' has no version '{version}' (only '{VERSION}')"),
+        ))
+    }
+}
+
+async fn model_metadata(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    let result = state.registry.get(&name).map_err(V2Error::from).map(|model| Json(metadata(&model)));
+    labelled(&state, &name, result)
+}
+
+async fn versioned_model_metadata(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    match check_version(&name, &version) {
+        Ok(()) => model_metadata(State(state), Path(name)).await,
+        Err(err) => labelled(&state, &name, err),
+    }
+}
+
+fn metadata(model: &ServedModel) -> Value {
+    match &model.task {
+        ModelTask::Tabular(service) => {
+            let schema = service.schema();
+            let outputs: Vec<Value> = schema
+                .outputs
+                .iter()
+                .map(|output| {
+                    let mut shape = vec![-1i64];
+                    shape.extend(output.row_shape.iter().map(|&d| d as i64));
+                    json!({ "name": output.name, "datatype": tabular::metadata_datatype(output.kind), "shape": shape })
+                })
+                .collect();
+            let defaults: Vec<&str> = schema.outputs.iter().filter(|o| o.default).map(|o| o.name.as_str()).collect();
+            json!({
+                "name": model.name,
+                "versions": [VERSION],
+                "platform": schema.platform,
+                "inputs": [{ "name": tabular::INPUT, "datatype": "FP64", "shape": [-1, schema.n_features] }],
+                "outputs": outputs,
+                "parameters": {
+                    "device": model.device,
+                    "engine": model.engine,
+                    "default_outputs": defaults,
+                    "feature_names": schema.feature_names,
+                    "accepts_missing_values": schema.accepts_missing,
+                    "max_batch_size": service.policy().max_batch_size,
+                },
+            })
+        }
+    }
+}
+
+async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    let response = match state.registry.get(&name) {
+        Ok(_) => (StatusCode::OK, Json(json!({ "name": name, "ready": true }))).into_response(),
+        Err(inferd_core::InferError::ModelNotFound(_)) => {
+            V2Error::new(StatusCode::NOT_FOUND, format!("model '{name}' is not served here")).into_response()
+        }
+        Err(err) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "name": name, "ready": false, "reason": err.to_string() })))
+                .into_response()
+        }
+    };
+    labelled(&state, &name, response)
+}
+
+async fn versioned_model_ready(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    match check_version(&name, &version) {
+        Ok(()) => model_ready(State(state), Path(name)).await,
+        Err(err) => labelled(&state, &name, err),
+    }
+}
+
+async fn infer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = run_infer(&state, &name, &headers, body).await;
+    labelled(&state, &name, result)
+}
+
+async fn versioned_infer(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = match check_version(&name, &version) {
+        Ok(()) => run_infer(&state, &name, &headers, body).await,
+        Err(err) => Err(err),
+    };
+    labelled(&state, &name, result)
+}
+
+async fn run_infer(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, V2Error> {
+    let received = Instant::now();
+    let body = body.map_err(|rejection| {
+        let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the request body exceeds the length limit of {} bytes", state.settings.max_body_bytes)
+        } else {
+            rejection.body_text()
+        };
+        V2Error::new(rejection.status(), message).closing_connection()
+    })?;
+    let model = state.registry.get(name)?;
+    let header_length = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<usize>().ok())
+                .ok_or_else(|| V2Error::bad_request("Inference-Header-Content-Length must be a byte count"))?,
+        ),
+    };
+    let request = codec::decode_request(&body, header_length).map_err(V2Error::bad_request)?;
+    let mut timeout = state.settings.request_timeout;
+    if let Some(client_timeout) = request.timeout_us {
+        timeout = timeout.min(Duration::from_micros(client_timeout));
+    }
+    let deadline = received + timeout;
+    let id = request.id.clone();
+    let (outputs, stats) = match &model.task {
+        ModelTask::Tabular(service) => tabular::infer(service, request, deadline).await?,
+    };
+    let encoded = codec::encode_response(name, id.as_deref(), &outputs);
+    let mut response = encoded.body.into_response();
+    let response_headers = response.headers_mut();
+    match encoded.header_length {
+        Some(length) => {
+            response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            response_headers.insert(HEADER_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    insert_batch_headers(response_headers, &stats);
+    Ok(response)
+}
+
+/// Makes batching observable per request: `Server-Timing` with the queue and compute stages in
+/// milliseconds, and `inferd-batch-size` with the items in the batch that answered it.
+fn insert_batch_headers(headers: &mut HeaderMap, stats: &BatchStats) {
+    let timing = format!(
+        "queue;dur={:.3}, compute;dur={:.3}",
+        stats.queue_time.as_secs_f64() * 1e3,
+        stats.compute_time.as_secs_f64() * 1e3
+    );
+    if let Ok(value) = HeaderValue::from_str(&timing) {
+        headers.insert("server-timing", value);
+    }
+    headers.insert("inferd-batch-size", HeaderValue::from(stats.batch_size));
+}

@@ -1,0 +1,214 @@
+//! The configuration file: a `[server]` table and one `[[models]]` entry per model.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:8080"
+//!
+//! [[models]]
+//! name = "iris-logistic"
+//! kind = "linear"
+//! path = "iris-logistic/model.json"   # relative to this file
+//! device = "auto"
+//!
+//! [models.batching]
+//! max_batch_size = 256
+//! max_queue_delay = "1ms"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use inferd_classical::{Engine, EngineOptions, Precision};
+use inferd_core::{BatchPolicy, DeviceSpec};
+use inferd_server::ServerSettings;
+use serde::Deserialize;
+
+/// The bundled default configuration, relative to the working directory.
+pub const DEFAULT_CONFIG: &str = "models/default.toml";
+
+/// A whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The HTTP server's settings.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// The models to serve.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+/// The model families inferd loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Linear or logistic regression in inferd's JSON format (see `inferd_classical::linear`).
+    Linear,
+}
+
+/// One model to serve.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients address the model by.
+    pub name: String,
+    /// The model family.
+    pub kind: ModelKind,
+    /// The model file; relative paths are relative to the configuration file.
+    pub path: PathBuf,
+    /// Where it runs: `auto` (the default), `cpu`, `cuda` or `cuda:N`.
+    #[serde(default)]
+    pub device: DeviceSpec,
+    /// Which evaluator computes it (classical models); default per device.
+    #[serde(default)]
+    pub engine: Option<Engine>,
+    /// The tensor evaluator's precision (classical models); default per device.
+    #[serde(default)]
+    pub precision: Option<Precision>,
+    /// How its batches form.
+    #[serde(default)]
+    pub batching: BatchPolicy,
+}
+
+impl ModelConfig {
+    /// A model with default device, engine and batching.
+    pub fn new(name: impl Into<String>, kind: ModelKind, path: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            path: path.into(),
+            device: DeviceSpec::Auto,
+            engine: None,
+            precision: None,
+            batching: BatchPolicy::default(),
+        }
+    }
+
+    /// The classical engine options.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions { engine: self.engine, precision: self.precision }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read configuration {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid configuration.
+    #[error("invalid configuration {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its position.
+        message: String,
+    },
+    /// The configuration is well-formed but cannot be served.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a configuration file; model paths become relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|err| ConfigError::Parse { path: path.to_path_buf(), message: err.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        for model in &mut config.models {
+            if model.path.is_relative() {
+                model.path = base.join(&model.path);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Checks what parsing cannot: at least one model, unique names, valid batching policies.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.models.is_empty() {
+            return Err(ConfigError::Invalid("no models are configured".into()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for model in &self.models {
+            if model.name.is_empty() || model.name.contains('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "model name '{}' must be non-empty and without '/'",
+                    model.name
+                )));
+            }
+            if !names.insert(&model.name) {
+                return Err(ConfigError::Invalid(format!("model name '{}' is configured more than once", model.name)));
+            }
+            model
+                .batching
+                .validate()
+                .map_err(|reason| ConfigError::Invalid(format!("model '{}': {reason}", model.name)))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("inferd.toml");
+        std::fs::write(
+            &file,
+            r#"
+            [server]
+            listen = "0.0.0.0:9000"
+            request_timeout = "5s"
+
+            [[models]]
+            name = "iris"
+            kind = "linear"
+            path = "iris/model.json"
+            device = "cpu"
+            engine = "tensor"
+            precision = "f32"
+            batching = { max_batch_size = 8, max_queue_delay = "500us" }
+            "#,
+        )
+        .unwrap();
+        let config = Config::load(&file).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.server.listen.port(), 9000);
+        assert_eq!(config.server.request_timeout, std::time::Duration::from_secs(5));
+        let model = &config.models[0];
+        assert_eq!(model.path, dir.path().join("iris/model.json"));
+        assert_eq!(model.device, DeviceSpec::Cpu);
+        assert_eq!(model.engine, Some(Engine::Tensor));
+        assert_eq!(model.batching.max_batch_size, 8);
+        assert_eq!(model.batching.max_queue_delay, std::time::Duration::from_micros(500));
+        assert_eq!(model.batching.queue_capacity, BatchPolicy::default().queue_capacity);
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[[models]]\nname = \"a\"\nkind = \"linear\"\npath = \"m.json\"\ndevise = \"cpu\"\n")
+            .unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(err.contains("devise"), "{err}");
+        std::fs::write(&file, "[[models]]\nname = \"a\"\nkind = \"linear\"\npath = \"m.json\"\ndevice = \"tpu\"\n")
+            .unwrap();
+        assert!(Config::load(&file).unwrap_err().to_string().contains("unknown device 'tpu'"));
+        let twice = Config {
+            models: vec![ModelConfig::new("a", ModelKind::Linear, "x"), ModelConfig::new("a", ModelKind::Linear, "y")],
+            ..Config::default()
+        };
+        assert!(twice.validate().unwrap_err().to_string().contains("more than once"));
+        assert!(Config::default().validate().is_err());
+    }
+}

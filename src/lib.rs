@@ -1,0 +1,86 @@
+//! inferd: a model-serving runtime, as a library.
+//!
+//! The `inferd` binary is a thin command line over this crate; other Rust services can embed the
+//! same pieces: load a model with [`load::load_model`] and call its batcher in-process (see
+//! `examples/embedded.rs`), or run the whole HTTP server with [`serve`].
+//!
+//! The parts, one crate each:
+//! - [`core`]: devices, the dynamic batcher, the model registry, metrics;
+//! - [`classical`]: linear and logistic regression;
+//! - [`server`]: the HTTP API.
+
+pub mod config;
+pub mod load;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use inferd_classical as classical;
+pub use inferd_core as core;
+pub use inferd_server as server;
+
+use config::{Config, ConfigError};
+use inferd_core::{DeviceError, Metrics, ModelRegistry};
+use inferd_server::AppState;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A model's device cannot be used.
+    #[error("model '{model}': {source}")]
+    Device {
+        /// The model.
+        model: String,
+        /// Why its device cannot be used.
+        source: DeviceError,
+    },
+    /// The listening socket could not be opened or failed.
+    #[error("cannot serve on {address}: {source}")]
+    Io {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Serves `config` until `shutdown` completes, then drains and closes every model.
+///
+/// Devices are resolved first, so a model asking for a device this build or machine lacks stops
+/// the start with an error naming it. The server then listens at once while models load
+/// concurrently; readiness reports each model's state, and a model that fails to load leaves
+/// the others serving.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    config.validate()?;
+    let mut devices = Vec::with_capacity(config.models.len());
+    for model in &config.models {
+        let device =
+            model.device.resolve().map_err(|source| ServeError::Device { model: model.name.clone(), source })?;
+        tracing::info!(model = %model.name, requested = %model.device, device = %inferd_core::device_name(&device), "device chosen");
+        devices.push(device);
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let names = config.models.iter().map(|model| model.name.clone());
+    // Names were checked unique by `validate`.
+    let registry = Arc::new(ModelRegistry::new(names, metrics).map_err(|err| ConfigError::Invalid(err.to_string()))?);
+    for (model, device) in config.models.iter().cloned().zip(devices) {
+        registry.load(&model.name.clone(), move |metrics| load::load_model(&model, &device, metrics));
+    }
+
+    let address = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(|source| ServeError::Io { address, source })?;
+    let bound = listener.local_addr().map_err(|source| ServeError::Io { address, source })?;
+    tracing::info!(address = %bound, models = config.models.len(), "listening");
+    let state = AppState::new(Arc::clone(&registry), config.server);
+    inferd_server::serve(listener, state, shutdown).await.map_err(|source| ServeError::Io { address, source })?;
+
+    // In-flight HTTP requests are done; let anything still queued finish, then stop the workers.
+    registry.close_all();
+    drop(registry);
+    tracing::info!("stopped");
+    Ok(())
+}

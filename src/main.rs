@@ -1,0 +1,113 @@
+//! The `inferd` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use inferd::config::{Config, DEFAULT_CONFIG};
+use inferd::core::DeviceSpec;
+
+/// inferd: serve models over OpenAI-compatible and Open Inference Protocol HTTP APIs.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configured models over HTTP until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+}
+
+/// Flags override the configuration file; each flag can also be set by its environment
+/// variable.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file [default: models/default.toml, the bundled models].
+    #[arg(long, env = "INFERD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "INFERD_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Device for every model: auto, cpu, cuda or cuda:N (overrides each model's setting).
+    #[arg(long, env = "INFERD_DEVICE")]
+    device: Option<DeviceSpec>,
+    /// Longest time a request may take, queueing included (e.g. 30s, 500ms).
+    #[arg(long, env = "INFERD_REQUEST_TIMEOUT", value_parser = humantime_duration)]
+    request_timeout: Option<Duration>,
+    /// Longest time to let in-flight requests finish after SIGTERM (e.g. 30s).
+    #[arg(long, env = "INFERD_DRAIN_TIMEOUT", value_parser = humantime_duration)]
+    drain_timeout: Option<Duration>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "INFERD_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Log filter, in tracing's syntax (e.g. info, inferd=debug).
+    #[arg(long, env = "INFERD_LOG", default_value = "info")]
+    log: String,
+}
+
+fn humantime_duration(text: &str) -> Result<Duration, String> {
+    humantime_serde::re::humantime::parse_duration(text).map_err(|err| err.to_string())
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let path = self.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        if self.config.is_none() && !path.exists() {
+            anyhow::bail!(
+                "no --config given and the bundled {DEFAULT_CONFIG} is not in the current directory; \
+                 run from the inferd directory or pass --config"
+            );
+        }
+        let mut config = Config::load(&path)?;
+        if let Some(listen) = self.listen {
+            config.server.listen = listen;
+        }
+        if let Some(timeout) = self.request_timeout {
+            config.server.request_timeout = timeout;
+        }
+        if let Some(timeout) = self.drain_timeout {
+            config.server.drain_timeout = timeout;
+        }
+        if let Some(bytes) = self.max_body_bytes {
+            config.server.max_body_bytes = bytes;
+        }
+        if let Some(device) = self.device {
+            for model in &mut config.models {
+                model.device = device;
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("inferd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
+                .init();
+            let config = args.config()?;
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(inferd::serve(config, inferd::server::shutdown_signal()))?;
+            Ok(())
+        }
+    }
+}

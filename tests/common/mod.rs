@@ -1,0 +1,165 @@
+//! Starts the real `inferd` binary on a free port with a configuration written for the test,
+//! and stops it when dropped.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A bundled model file.
+pub fn model_path(name: &str) -> PathBuf {
+    repo().join("models").join(name).join("model.json")
+}
+
+/// A `[[models]]` entry for a bundled linear model, with extra TOML lines.
+pub fn linear_model(name: &str, extra: &str) -> String {
+    format!("[[models]]\nname = \"{name}\"\nkind = \"linear\"\npath = \"{}\"\n{extra}\n", model_path(name).display())
+}
+
+/// The three bundled models with default settings.
+pub fn bundled_models() -> String {
+    ["iris-logistic", "breast-cancer-logistic", "diabetes-linear"].map(|name| linear_model(name, "")).concat()
+}
+
+pub struct Server {
+    child: Child,
+    pub address: SocketAddr,
+    pub client: reqwest::Client,
+    _dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    /// Starts `inferd serve` with this configuration (a `[server]` table is added for the port
+    /// unless `server` is given) and extra arguments, without waiting for readiness.
+    pub fn spawn(models: &str, server: &str, args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("inferd.toml");
+        std::fs::write(&config, format!("[server]\n{server}\n\n{models}")).unwrap();
+        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(address.to_string())
+            .args(args)
+            .env_remove("INFERD_DEVICE")
+            .env("INFERD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        Server { child, address, client, _dir: dir, log }
+    }
+
+    /// Starts the server and waits until it listens.
+    pub async fn start(models: &str, server: &str) -> Server {
+        let mut server = Server::spawn(models, server, &[]);
+        server.wait_listening().await;
+        server
+    }
+
+    /// Starts the server and waits until every model is ready.
+    pub async fn start_ready(models: &str, server: &str) -> Server {
+        let server = Server::start(models, server).await;
+        let started = Instant::now();
+        while server.get("/v2/health/ready").await.status() != 200 {
+            assert!(started.elapsed() < Duration::from_secs(30), "not ready:\n{}", server.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    pub async fn wait_listening(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("inferd exited early ({status}):\n{}", self.log());
+            }
+            if std::net::TcpStream::connect(self.address).is_ok() {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "inferd did not listen:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client.post(self.url(path)).body(body).send().await.unwrap()
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "inferd did not exit:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `inferd` to completion with these arguments; returns its status and stderr.
+pub fn run_inferd(args: &[&str], dir: &Path) -> (ExitStatus, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_inferd"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("INFERD_DEVICE")
+        .env_remove("INFERD_CONFIG")
+        .output()
+        .unwrap();
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+}
