@@ -2,6 +2,8 @@
 //! held-out rows (`tests/golden/*.json`, written by `models/reference/make_linear.py`), on every
 //! engine and precision.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use inferd_classical::{Engine, EngineOptions, LinearModel, LinearPredictor, Precision};

@@ -30,6 +30,13 @@ pub struct ServedModel {
 }
 
 impl ServedModel {
+    /// The tabular service, when this is a tabular model.
+    pub fn tabular(&self) -> Option<&TabularService> {
+        match &self.task {
+            ModelTask::Tabular(service) => Some(service),
+        }
+    }
+
     /// Stops accepting requests; queued ones still run.
     pub fn close(&self) {
         match &self.task {
