@@ -129,21 +129,19 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what parsing cannot: at least one model, unique names, valid batching policies.
+    /// Checks what parsing cannot: server settings in range, at least one model, sensible
+    /// names, valid batching policies. (Duplicate names are refused by the model registry.)
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate().map_err(ConfigError::Invalid)?;
         if self.models.is_empty() {
             return Err(ConfigError::Invalid("no models are configured".into()));
         }
-        let mut names = std::collections::BTreeSet::new();
         for model in &self.models {
             if model.name.is_empty() || model.name.contains('/') {
                 return Err(ConfigError::Invalid(format!(
                     "model name '{}' must be non-empty and without '/'",
                     model.name
                 )));
-            }
-            if !names.insert(&model.name) {
-                return Err(ConfigError::Invalid(format!("model name '{}' is configured more than once", model.name)));
             }
             model
                 .batching
@@ -204,11 +202,9 @@ mod tests {
         std::fs::write(&file, "[[models]]\nname = \"a\"\nkind = \"linear\"\npath = \"m.json\"\ndevice = \"tpu\"\n")
             .unwrap();
         assert!(Config::load(&file).unwrap_err().to_string().contains("unknown device 'tpu'"));
-        let twice = Config {
-            models: vec![ModelConfig::new("a", ModelKind::Linear, "x"), ModelConfig::new("a", ModelKind::Linear, "y")],
-            ..Config::default()
-        };
-        assert!(twice.validate().unwrap_err().to_string().contains("more than once"));
-        assert!(Config::default().validate().is_err());
+        assert!(Config::default().validate().unwrap_err().to_string().contains("no models"));
+        let mut endless = Config { models: vec![ModelConfig::new("a", ModelKind::Linear, "x")], ..Config::default() };
+        endless.server.request_timeout = std::time::Duration::from_secs(1 << 40);
+        assert!(endless.validate().unwrap_err().to_string().contains("request_timeout"));
     }
 }

@@ -20,7 +20,9 @@ pub use inferd_core as core;
 pub use inferd_server as server;
 
 use config::{Config, ConfigError};
-use inferd_core::{DeviceError, Metrics, ModelRegistry};
+use std::collections::HashMap;
+
+use inferd_core::{Device, DeviceError, DeviceSpec, Metrics, ModelRegistry, device_name};
 use inferd_server::AppState;
 
 /// Why the server could not start or stopped with an error.
@@ -55,17 +57,27 @@ pub enum ServeError {
 /// the others serving.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     config.validate()?;
+    // Each distinct device is opened once and shared, so models on one GPU share its context.
+    let mut opened: HashMap<DeviceSpec, Device> = HashMap::new();
     let mut devices = Vec::with_capacity(config.models.len());
     for model in &config.models {
-        let device =
-            model.device.resolve().map_err(|source| ServeError::Device { model: model.name.clone(), source })?;
-        tracing::info!(model = %model.name, requested = %model.device, device = %inferd_core::device_name(&device), "device chosen");
+        let device = match opened.get(&model.device) {
+            Some(device) => device.clone(),
+            None => {
+                let device = model
+                    .device
+                    .resolve()
+                    .map_err(|source| ServeError::Device { model: model.name.clone(), source })?;
+                opened.insert(model.device, device.clone());
+                device
+            }
+        };
+        tracing::info!(model = %model.name, requested = %model.device, device = %device_name(&device), "device chosen");
         devices.push(device);
     }
 
     let metrics = Arc::new(Metrics::new());
     let names = config.models.iter().map(|model| model.name.clone());
-    // Names were checked unique by `validate`.
     let registry = Arc::new(ModelRegistry::new(names, metrics).map_err(|err| ConfigError::Invalid(err.to_string()))?);
     for (model, device) in config.models.iter().cloned().zip(devices) {
         registry.load(&model.name.clone(), move |metrics| load::load_model(&model, &device, metrics));
@@ -78,9 +90,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let state = AppState::new(Arc::clone(&registry), config.server);
     inferd_server::serve(listener, state, shutdown).await.map_err(|source| ServeError::Io { address, source })?;
 
-    // In-flight HTTP requests are done; let anything still queued finish, then stop the workers.
+    // In-flight HTTP requests are done; close the queues (workers finish what is queued, then
+    // exit on their own).
     registry.close_all();
-    drop(registry);
     tracing::info!("stopped");
     Ok(())
 }

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use inferd::config::{Config, DEFAULT_CONFIG};
 use inferd::core::DeviceSpec;
 
-/// inferd: serve models over OpenAI-compatible and Open Inference Protocol HTTP APIs.
+/// inferd: serve models over the Open Inference Protocol (KServe v2) HTTP API.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -39,7 +39,10 @@ struct ServeArgs {
     /// Longest time a request may take, queueing included (e.g. 30s, 500ms).
     #[arg(long, env = "INFERD_REQUEST_TIMEOUT", value_parser = humantime_duration)]
     request_timeout: Option<Duration>,
-    /// Longest time to let in-flight requests finish after SIGTERM (e.g. 30s).
+    /// After SIGTERM, how long to go on serving while readiness reports draining (e.g. 5s).
+    #[arg(long, env = "INFERD_DRAIN_DELAY", value_parser = humantime_duration)]
+    drain_delay: Option<Duration>,
+    /// Then, longest time to let in-flight requests finish (e.g. 30s).
     #[arg(long, env = "INFERD_DRAIN_TIMEOUT", value_parser = humantime_duration)]
     drain_timeout: Option<Duration>,
     /// Largest request body accepted, in bytes.
@@ -69,6 +72,9 @@ impl ServeArgs {
         }
         if let Some(timeout) = self.request_timeout {
             config.server.request_timeout = timeout;
+        }
+        if let Some(delay) = self.drain_delay {
+            config.server.drain_delay = delay;
         }
         if let Some(timeout) = self.drain_timeout {
             config.server.drain_timeout = timeout;
@@ -109,5 +115,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(inferd::serve(config, inferd::server::shutdown_signal()))?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("inferd.toml");
+        std::fs::write(
+            &file,
+            "[server]\nrequest_timeout = \"9s\"\ndrain_timeout = \"9s\"\nmax_body_bytes = 9\n\n\
+             [[models]]\nname = \"a\"\nkind = \"linear\"\npath = \"a.json\"\ndevice = \"cuda:1\"\n",
+        )
+        .unwrap();
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["inferd", "serve", "--config", file.to_str().unwrap()];
+            args.extend(extra);
+            let Command::Serve(args) = Cli::try_parse_from(args).unwrap().command;
+            args.config().unwrap()
+        };
+        let from_file = parse(&[]);
+        assert_eq!(from_file.server.request_timeout, Duration::from_secs(9));
+        assert_eq!(from_file.models[0].device, DeviceSpec::Cuda(1));
+        let overridden = parse(&[
+            "--request-timeout",
+            "250ms",
+            "--drain-timeout",
+            "1s",
+            "--max-body-bytes",
+            "1024",
+            "--device",
+            "cpu",
+            "--listen",
+            "0.0.0.0:9999",
+        ]);
+        assert_eq!(overridden.server.request_timeout, Duration::from_millis(250));
+        assert_eq!(overridden.server.drain_timeout, Duration::from_secs(1));
+        assert_eq!(overridden.server.max_body_bytes, 1024);
+        assert_eq!(overridden.server.listen.port(), 9999);
+        assert_eq!(overridden.models[0].device, DeviceSpec::Cpu);
     }
 }

@@ -132,3 +132,24 @@ async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
     assert!(status.success(), "exit status {status}");
     assert!(server.log().contains("draining"));
 }
+
+#[tokio::test]
+async fn during_the_drain_delay_readiness_fails_while_requests_are_served() {
+    let mut server = Server::start_ready(&linear_model("iris-logistic", ""), "drain_delay = \"1500ms\"").await;
+    server.terminate();
+    let mut ready = Value::Null;
+    for _ in 0..100 {
+        let response = server.get("/v2/health/ready").await;
+        if response.status() == 503 {
+            ready = response.json().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ready["draining"], true, "{ready}");
+    assert!(ready["error"].as_str().unwrap().contains("draining"));
+    let body = r#"{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}"#;
+    assert_eq!(server.post("/v2/models/iris-logistic/infer", body).await.status(), 200, "still serving");
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+}

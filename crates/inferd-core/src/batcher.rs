@@ -19,7 +19,6 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -54,6 +53,9 @@ pub trait BatchModel: Send + 'static {
     /// whole batch.
     fn run_batch(&mut self, requests: Vec<Self::Request>) -> Result<Vec<Self::Response>, InferError>;
 }
+
+/// The longest batch window a policy may set: longer ones are surely configuration mistakes.
+const MAX_QUEUE_DELAY: Duration = Duration::from_secs(60);
 
 /// How a model's batches are formed, and how much may wait.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -91,6 +93,9 @@ impl BatchPolicy {
         }
         if self.queue_capacity == 0 {
             return Err("queue_capacity must be at least 1".into());
+        }
+        if self.max_queue_delay > MAX_QUEUE_DELAY {
+            return Err(format!("max_queue_delay must be at most {}s", MAX_QUEUE_DELAY.as_secs()));
         }
         Ok(())
     }
@@ -150,7 +155,6 @@ struct Shared<M: BatchModel> {
 /// A model's queue and its worker thread. Cheap to share behind an `Arc`.
 pub struct Batcher<M: BatchModel> {
     shared: Arc<Shared<M>>,
-    worker: Option<JoinHandle<()>>,
 }
 
 impl<M: BatchModel> Batcher<M> {
@@ -167,11 +171,11 @@ impl<M: BatchModel> Batcher<M> {
             metrics,
         });
         let worker_shared = Arc::clone(&shared);
-        let worker = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("inferd-batch-{name}"))
             .spawn(move || worker_shared.work(model))
             .map_err(|err| format!("cannot start the batch worker thread: {err}"))?;
-        Ok(Self { shared, worker: Some(worker) })
+        Ok(Self { shared })
     }
 
     /// The policy this batcher forms batches with.
@@ -199,28 +203,24 @@ impl<M: BatchModel> Batcher<M> {
         request: M::Request,
         deadline: Option<Instant>,
     ) -> Result<Completed<M::Response>, InferError> {
-        let submitted = Instant::now();
-        let receiver = self.shared.enqueue(request, submitted, deadline)?;
+        let receiver = self.shared.enqueue(request, Instant::now(), deadline)?;
         let answer = match deadline {
             None => receiver.await,
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), receiver)
-                .await
-                .map_err(|_| InferError::Timeout(submitted.elapsed()))?,
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline.into(), receiver).await.map_err(|_| InferError::Timeout)?
+            }
         };
+        // The worker answers every job it takes; it drops a reply unanswered only when closing
+        // after a fault.
         answer.unwrap_or_else(|_| Err(InferError::Internal("the batch worker stopped".into())))
     }
 }
 
 impl<M: BatchModel> Drop for Batcher<M> {
+    /// Closes the queue without waiting: the worker runs what is queued, then exits on its own.
+    /// (Joining here could block an async runtime thread behind a slow model.)
     fn drop(&mut self) {
         self.close();
-        if let Some(worker) = self.worker.take() {
-            // The worker runs what is queued, then exits; it never panics out (model panics are
-            // caught), so a join error is a bug worth logging, not propagating.
-            if worker.join().is_err() {
-                tracing::error!(model = %self.shared.name, "batch worker thread panicked");
-            }
-        }
     }
 }
 
@@ -237,13 +237,17 @@ impl<M: BatchModel> Shared<M> {
         deadline: Option<Instant>,
     ) -> Result<oneshot::Receiver<Answer<M::Response>>, InferError> {
         if deadline.is_some_and(|deadline| deadline <= now) {
-            return Err(InferError::Timeout(Duration::ZERO));
+            return Err(InferError::Timeout);
         }
         let (reply, receiver) = oneshot::channel();
         let job = Job { size: request.size(), tokens: request.tokens(), request, enqueued: now, deadline, reply };
         let mut queue = self.lock();
         if queue.closed {
             return Err(InferError::ShuttingDown);
+        }
+        if queue.jobs.len() >= self.policy.queue_capacity {
+            // Requests whose callers have gone must not hold places a live caller could take.
+            self.drop_abandoned(&mut queue, now);
         }
         if queue.jobs.len() >= self.policy.queue_capacity {
             return Err(InferError::Overloaded {
@@ -268,6 +272,9 @@ impl<M: BatchModel> Shared<M> {
     }
 
     fn work(&self, mut model: M) {
+        // Model panics are caught per batch; this guard covers a fault anywhere else, so that a
+        // dead worker never leaves callers waiting on an open queue.
+        let _guard = WorkerGuard(self);
         while let Some(batch) = self.next_batch() {
             self.run(&mut model, batch);
         }
@@ -288,7 +295,10 @@ impl<M: BatchModel> Shared<M> {
             };
             let window_end = oldest.enqueued + self.policy.max_queue_delay;
             let (count, full) = self.fit(&queue.jobs);
-            if full || queue.closed || now >= window_end {
+            // Waiting for company must not let a member of the batch expire.
+            let deadline_first =
+                queue.jobs.iter().take(count).any(|job| job.deadline.is_some_and(|deadline| deadline <= window_end));
+            if full || queue.closed || now >= window_end || deadline_first {
                 let batch: Vec<Job<M>> = queue.jobs.drain(..count).collect();
                 queue.items -= batch.iter().map(|job| job.size).sum::<usize>();
                 self.metrics.queue_depth.set(queue.jobs.len() as i64);
@@ -307,28 +317,35 @@ impl<M: BatchModel> Shared<M> {
             let next_items = items + job.size;
             let next_longest = longest.max(job.tokens);
             let over_size = next_items > self.policy.max_batch_size;
-            let over_tokens = self.policy.max_batch_tokens.is_some_and(|budget| next_longest * next_items > budget);
+            let over_tokens =
+                self.policy.max_batch_tokens.is_some_and(|budget| next_longest.saturating_mul(next_items) > budget);
             if count > 0 && (over_size || over_tokens) {
                 return (count, true);
             }
             items = next_items;
             longest = next_longest;
         }
-        (jobs.len(), items >= self.policy.max_batch_size)
+        let tokens_spent = self.policy.max_batch_tokens.is_some_and(|budget| longest.saturating_mul(items) >= budget);
+        (jobs.len(), items >= self.policy.max_batch_size || tokens_spent)
     }
 
     /// Removes jobs whose caller has gone or whose deadline has passed, so they are never run.
     fn drop_abandoned(&self, queue: &mut Queue<M>, now: Instant) {
         let before = queue.jobs.len();
         let mut removed_items = 0;
-        queue.jobs.retain_mut(|job| {
-            let expired = job.deadline.is_some_and(|deadline| deadline <= now);
-            let keep = !expired && !job.reply.is_closed();
-            if !keep {
+        let mut kept = VecDeque::with_capacity(queue.jobs.len());
+        for job in queue.jobs.drain(..) {
+            if job.reply.is_closed() {
                 removed_items += job.size;
+            } else if job.deadline.is_some_and(|deadline| deadline <= now) {
+                removed_items += job.size;
+                // The caller's own timer may not have fired yet: tell it why.
+                let _ = job.reply.send(Err(InferError::Timeout));
+            } else {
+                kept.push_back(job);
             }
-            keep
-        });
+        }
+        queue.jobs = kept;
         if queue.jobs.len() != before {
             queue.items -= removed_items;
             self.metrics.queue_depth.set(queue.jobs.len() as i64);
@@ -395,6 +412,24 @@ impl<M: BatchModel> Shared<M> {
         let previous = f64::from_bits(self.nanos_per_item.load(Ordering::Relaxed));
         let average = if previous == 0.0 { sample } else { 0.8 * previous + 0.2 * sample };
         self.nanos_per_item.store(average.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Closes the queue and fails what is queued if the worker unwinds outside a model call.
+struct WorkerGuard<'a, M: BatchModel>(&'a Shared<M>);
+
+impl<M: BatchModel> Drop for WorkerGuard<'_, M> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut queue = self.0.lock();
+        queue.closed = true;
+        queue.items = 0;
+        for job in queue.jobs.drain(..) {
+            let _ = job.reply.send(Err(InferError::Internal("the batch worker failed".into())));
+        }
+        tracing::error!(model = %self.0.name, "batch worker failed; the model no longer serves");
     }
 }
 
@@ -566,7 +601,7 @@ mod tests {
         }
         let deadline = Instant::now() + Duration::from_millis(50);
         let err = h.batcher.submit(echo(2), Some(deadline)).await.unwrap_err();
-        assert!(matches!(err, InferError::Timeout(_)), "{err:?}");
+        assert_eq!(err, InferError::Timeout);
         blocker.await.unwrap().unwrap();
         // Give the worker a chance to (wrongly) run the expired job.
         h.batcher.submit(echo(3), None).await.unwrap();
@@ -578,7 +613,7 @@ mod tests {
     async fn a_deadline_already_past_is_rejected_without_queueing() {
         let h = harness(BatchPolicy::default(), Duration::ZERO);
         let err = h.batcher.submit(echo(1), Some(Instant::now())).await.unwrap_err();
-        assert!(matches!(err, InferError::Timeout(_)));
+        assert_eq!(err, InferError::Timeout);
         assert_eq!(h.batcher.queue_len(), 0);
     }
 
@@ -634,6 +669,9 @@ mod tests {
         }
         let costs: Vec<usize> = rx.try_iter().collect();
         assert!(costs.iter().all(|&c| c <= 64), "padded tokens per batch {costs:?}");
+        // A single request over the budget still runs, alone.
+        batcher.submit(Tokens(100), None).await.unwrap();
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![100]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -654,11 +692,52 @@ mod tests {
         assert_eq!(err, InferError::ShuttingDown);
     }
 
+    #[tokio::test]
+    async fn a_deadline_inside_the_window_does_not_wait_for_company() {
+        let policy =
+            BatchPolicy { max_batch_size: 8, max_queue_delay: Duration::from_secs(5), ..BatchPolicy::default() };
+        let h = harness(policy, Duration::ZERO);
+        let started = Instant::now();
+        let done = h.batcher.submit(echo(4), Some(started + Duration::from_secs(1))).await.unwrap();
+        assert_eq!(done.output, 8, "answered before its deadline, not timed out waiting for the window");
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_requests_do_not_hold_queue_places() {
+        let policy = BatchPolicy {
+            max_batch_size: 1,
+            max_queue_delay: Duration::ZERO,
+            queue_capacity: 1,
+            ..BatchPolicy::default()
+        };
+        let h = harness(policy, Duration::from_millis(300));
+        let batcher = Arc::clone(&h.batcher);
+        let busy = tokio::spawn(async move { batcher.submit(echo(1), None).await });
+        while h.runs.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // A caller queues, then gives up (its future is dropped) while the worker is busy.
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), h.batcher.submit(echo(2), None)).await;
+        assert!(gave_up.is_err());
+        assert_eq!(h.batcher.queue_len(), 1);
+        // Its place is free for the next caller.
+        assert_eq!(h.batcher.submit(echo(3), None).await.unwrap().output, 6);
+        busy.await.unwrap().unwrap();
+        let seen: Vec<i64> = h.batches.try_iter().flatten().collect();
+        assert_eq!(seen, vec![1, 3], "the abandoned request never ran");
+    }
+
     #[test]
     fn invalid_policies_are_refused() {
-        let zero = BatchPolicy { max_batch_size: 0, ..BatchPolicy::default() };
-        assert!(zero.validate().is_err());
-        let no_queue = BatchPolicy { queue_capacity: 0, ..BatchPolicy::default() };
-        assert!(no_queue.validate().is_err());
+        let invalid = [
+            BatchPolicy { max_batch_size: 0, ..BatchPolicy::default() },
+            BatchPolicy { queue_capacity: 0, ..BatchPolicy::default() },
+            BatchPolicy { max_batch_tokens: Some(0), ..BatchPolicy::default() },
+            BatchPolicy { max_queue_delay: Duration::from_secs(3600), ..BatchPolicy::default() },
+        ];
+        for policy in invalid {
+            assert!(policy.validate().is_err(), "{policy:?}");
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 pub use candle_core::Device;
 
 /// A requested device, as written in configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DeviceSpec {
     /// CUDA device 0 when this build has the `cuda` feature and a GPU answers, else the CPU.
     #[default]
@@ -74,7 +74,9 @@ impl<'de> serde::Deserialize<'de> for DeviceSpec {
 
 impl DeviceSpec {
     /// Opens the requested device. `Auto` never fails: it falls back to the CPU when no CUDA
-    /// device can be opened.
+    /// device can be opened. (A `cuda` build links the CUDA driver and libraries dynamically:
+    /// on a host without them the process does not start at all, so there is nothing to fall
+    /// back from; ship CUDA builds only where a driver is installed.)
     pub fn resolve(self) -> Result<Device, DeviceError> {
         match self {
             Self::Cpu => Ok(Device::Cpu),

@@ -31,9 +31,10 @@ pub enum InferError {
         /// An estimate of when the queue will have room, from its depth and observed throughput.
         retry_after: Duration,
     },
-    /// The request's deadline passed before it was answered; it was not (or no longer) run.
-    #[error("request deadline exceeded after {}ms", .0.as_millis())]
-    Timeout(Duration),
+    /// The request's deadline passed before it was answered; if it was still queued, it was
+    /// dropped and never run.
+    #[error("request deadline exceeded before the model answered")]
+    Timeout,
     /// The server is draining and accepts no new work.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -50,7 +51,7 @@ impl InferError {
             Self::ModelNotFound(_) => "not_found",
             Self::NotReady { .. } => "not_ready",
             Self::Overloaded { .. } => "overload",
-            Self::Timeout(_) => "timeout",
+            Self::Timeout => "timeout",
             Self::ShuttingDown => "shutting_down",
             Self::Internal(_) => "internal",
         }

@@ -161,11 +161,6 @@ impl ModelRegistry {
             .collect()
     }
 
-    /// Whether every configured model is ready.
-    pub fn all_ready(&self) -> bool {
-        self.statuses().iter().all(|(_, status)| *status == ModelStatus::Ready)
-    }
-
     /// Stops every ready model from accepting requests; queued ones still run.
     pub fn close_all(&self) {
         for lock in self.slots.values() {
@@ -195,7 +190,6 @@ mod tests {
         let statuses = registry.statuses();
         assert_eq!(statuses[0], ("bad".to_string(), ModelStatus::Failed("file not found".into())));
         assert_eq!(statuses[1], ("good".to_string(), ModelStatus::Failed("the loader panicked".into())));
-        assert!(!registry.all_ready());
         assert!(matches!(registry.get("nope"), Err(InferError::ModelNotFound(_))));
         let err = registry.get("bad").err().unwrap();
         assert!(err.to_string().contains("failed to load: file not found"), "{err}");

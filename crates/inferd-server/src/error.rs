@@ -13,7 +13,7 @@ pub(crate) fn status_of(err: &InferError) -> StatusCode {
         InferError::ModelNotFound(_) => StatusCode::NOT_FOUND,
         InferError::NotReady { .. } | InferError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         InferError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-        InferError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        InferError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         InferError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -6,21 +6,32 @@ use tokio::net::TcpListener;
 
 use crate::app::{AppState, router};
 
-/// Serves `state` on `listener` until `shutdown` completes; then stops accepting connections,
-/// turns readiness false, and lets in-flight requests finish for at most the drain timeout.
+/// Serves `state` on `listener` until `shutdown` completes. Then:
+/// 1. readiness turns false (503, `"draining": true`) while the server goes on serving for the
+///    drain delay, so that load balancers stop sending it new requests;
+/// 2. the listener closes, idle connections close, and in-flight requests finish, for at most
+///    the drain timeout.
+///
+/// Connections still busy at the drain timeout are abandoned, not cancelled: `serve` returns and
+/// their tasks end when the tokio runtime shuts down (as the `inferd` binary does right after).
 /// Models are not closed here: the caller owns the registry and closes it afterwards.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let drain_delay = state.settings.drain_delay;
     let drain_timeout = state.settings.drain_timeout;
     let (drain_started, drain_signal) = tokio::sync::oneshot::channel::<()>();
     let draining_state = state.clone();
     let signal = async move {
         shutdown.await;
         draining_state.start_draining();
-        tracing::info!(timeout = ?drain_timeout, "shutting down: draining in-flight requests");
+        if !drain_delay.is_zero() {
+            tracing::info!(delay = ?drain_delay, "shutting down: readiness is false; still serving during the drain delay");
+            tokio::time::sleep(drain_delay).await;
+        }
+        tracing::info!(timeout = ?drain_timeout, "shutting down: listener closed; draining in-flight requests");
         let _ = drain_started.send(());
     };
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
@@ -35,7 +46,7 @@ pub async fn serve(
     tokio::select! {
         served = server => served,
         () = deadline => {
-            tracing::warn!(timeout = ?drain_timeout, "drain timeout reached; closing remaining connections");
+            tracing::warn!(timeout = ?drain_timeout, "drain timeout reached; abandoning requests still in flight");
             Ok(())
         }
     }

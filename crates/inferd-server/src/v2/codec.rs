@@ -253,9 +253,7 @@ fn decode_input(input: InputJson, binary: &mut &[u8]) -> Result<InputTensor, Str
             *binary = rest;
             decode_binary(bytes, datatype, elements).map_err(|err| format!("input '{name}': {err}"))?
         }
-        (None, Some(value)) => {
-            decode_json(&value, datatype, elements).map_err(|err| format!("input '{name}': {err}"))?
-        }
+        (None, Some(value)) => decode_json(&value, datatype, &shape).map_err(|err| format!("input '{name}': {err}"))?,
     };
     Ok(InputTensor { name, shape, datatype, data })
 }
@@ -327,12 +325,10 @@ fn f16_to_f64(bits: u16) -> f64 {
     }
 }
 
-fn decode_json(value: &Value, datatype: DataType, elements: usize) -> Result<TensorData, String> {
-    let mut flat = Vec::with_capacity(elements);
-    flatten(value, &mut flat)?;
-    if flat.len() != elements {
-        return Err(format!("shape holds {elements} elements but data has {}", flat.len()));
-    }
+fn decode_json(value: &Value, datatype: DataType, shape: &[usize]) -> Result<TensorData, String> {
+    // No capacity from the shape: it is the client's claim, and the data may be far smaller.
+    let mut flat = Vec::new();
+    collect(value, shape, &mut flat)?;
     if datatype == DataType::Bytes {
         let items = flat
             .into_iter()
@@ -353,13 +349,33 @@ fn decode_json(value: &Value, datatype: DataType, elements: usize) -> Result<Ten
     Ok(TensorData::Numeric(values))
 }
 
-fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) -> Result<(), String> {
+/// Collects the elements of `data`, row-major. Data may be flat at any level of nesting (one
+/// array holding all the values below that level) or nested to follow `shape`; either way the
+/// counts must agree with the shape, so ragged data is an error rather than silently flattened.
+fn collect<'a>(value: &'a Value, shape: &[usize], out: &mut Vec<&'a Value>) -> Result<(), String> {
+    let expected: usize = shape.iter().product();
     match value {
-        Value::Array(items) => items.iter().try_for_each(|item| flatten(item, out)),
-        other => {
-            out.push(other);
+        Value::Array(items) if !items.iter().any(Value::is_array) => {
+            if items.len() != expected {
+                return Err(format!("shape {shape:?} holds {expected} elements but data has {}", items.len()));
+            }
+            out.extend(items);
             Ok(())
         }
+        Value::Array(items) => {
+            let Some((&dim, inner)) = shape.split_first() else {
+                return Err("data is nested deeper than its shape".into());
+            };
+            if items.len() != dim {
+                return Err(format!("data nests {} items where the shape has {dim}", items.len()));
+            }
+            items.iter().try_for_each(|item| collect(item, inner, out))
+        }
+        scalar if expected == 1 => {
+            out.push(scalar);
+            Ok(())
+        }
+        scalar => Err(format!("data has the single value {scalar} where shape {shape:?} holds {expected} elements")),
     }
 }
 
@@ -379,10 +395,17 @@ fn json_number(value: &Value, datatype: DataType) -> Option<f64> {
         DataType::I32 => in_range(f64::from(i32::MIN), f64::from(i32::MAX)),
         DataType::I64 => in_range(i64::MIN as f64, i64::MAX as f64),
         // JSON has no NaN: `null` stands for a missing value, as numpy and tritonclient write it.
-        DataType::F16 | DataType::F32 | DataType::F64 => match value {
-            Value::Null => Some(f64::NAN),
-            _ => value.as_f64(),
-        },
+        DataType::F16 | DataType::F32 | DataType::F64 => {
+            let largest = match datatype {
+                DataType::F16 => 65504.0,
+                DataType::F32 => f64::from(f32::MAX),
+                _ => f64::MAX,
+            };
+            match value {
+                Value::Null => Some(f64::NAN),
+                _ => value.as_f64().filter(|v| v.abs() <= largest),
+            }
+        }
         DataType::Bytes => None,
     }
 }
@@ -552,6 +575,13 @@ mod tests {
             let err = decode_request(body, header).unwrap_err();
             assert!(err.contains(expected), "{err:?} should mention {expected:?}");
         }
+        let ragged = br#"{"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2, 3], [4]]}]}"#;
+        assert!(decode_request(ragged, None).unwrap_err().contains("holds 2 elements but data has 3"));
+        let too_big = br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1e300]}]}"#;
+        assert!(decode_request(too_big, None).unwrap_err().contains("not a valid FP32"));
+        // A huge shape with little data is refused without allocating for the shape.
+        let huge = br#"{"inputs": [{"name": "x", "shape": [1099511627776, 1], "datatype": "FP32", "data": [1]}]}"#;
+        assert!(decode_request(huge, None).unwrap_err().contains("data has 1"));
         let err = decode_request(b"{}", Some(10)).unwrap_err();
         assert!(err.contains("only 2 bytes"), "{err}");
     }

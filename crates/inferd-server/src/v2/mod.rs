@@ -17,7 +17,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use inferd_core::{BatchStats, ModelStatus, ModelTask, ServedModel};
+use inferd_core::{BatchStats, InferError, ModelStatus, ModelTask, ServedModel};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::{AppState, ModelLabel};
@@ -28,18 +29,38 @@ const VERSION: &str = "1";
 /// The header that splits a body into its JSON and binary parts.
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
-/// The protocol's routes.
+/// The protocol's routes. Each model route answers with and without `/versions/{version}`.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(versioned_model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/versions/{version}/ready", get(versioned_model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(versioned_infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+}
+
+/// A model route's path parameters.
+#[derive(Deserialize)]
+struct ModelPath {
+    name: String,
+    version: Option<String>,
+}
+
+impl ModelPath {
+    /// Checks the version, when the path names one.
+    fn check_version(&self) -> Result<(), V2Error> {
+        match &self.version {
+            Some(version) if version != VERSION => Err(V2Error::new(
+                StatusCode::NOT_FOUND,
+                format!("model '{}' has no version '{version}' (only '{VERSION}')", self.name),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 async fn server_metadata() -> Json<Value> {
@@ -72,7 +93,12 @@ async fn ready(State(state): State<AppState>) -> Response {
     let draining = state.is_draining();
     let is_ready = !draining && statuses.iter().all(|(_, status)| *status == ModelStatus::Ready);
     let status = if is_ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": is_ready, "draining": draining, "models": models }))).into_response()
+    let mut body = json!({ "ready": is_ready, "draining": draining, "models": models });
+    if !is_ready {
+        let reason = if draining { "the server is draining" } else { "not every model is ready" };
+        body["error"] = Value::from(reason);
+    }
+    (status, Json(body)).into_response()
 }
 
 /// Attaches the model label for metrics, when the name is a configured model.
@@ -84,30 +110,12 @@ fn labelled(state: &AppState, name: &str, response: impl IntoResponse) -> Respon
     response
 }
 
-fn check_version(name: &str, version: &str) -> Result<(), V2Error> {
-    if version == VERSION {
-        Ok(())
-    } else {
-        Err(V2Error::new(
-            StatusCode::NOT_FOUND,
-            format!("model '{name}' has no version '{version}' (only '{VERSION}')"),
-        ))
-    }
-}
-
-async fn model_metadata(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    let result = state.registry.get(&name).map_err(V2Error::from).map(|model| Json(metadata(&model)));
-    labelled(&state, &name, result)
-}
-
-async fn versioned_model_metadata(
-    State(state): State<AppState>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    match check_version(&name, &version) {
-        Ok(()) => model_metadata(State(state), Path(name)).await,
-        Err(err) => labelled(&state, &name, err),
-    }
+async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Response {
+    let result = path.check_version().and_then(|()| {
+        let model = state.registry.get(&path.name)?;
+        Ok(Json(metadata(&model)))
+    });
+    labelled(&state, &path.name, result)
 }
 
 fn metadata(model: &ServedModel) -> Value {
@@ -143,51 +151,31 @@ fn metadata(model: &ServedModel) -> Value {
     }
 }
 
-async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    let response = match state.registry.get(&name) {
-        Ok(_) => (StatusCode::OK, Json(json!({ "name": name, "ready": true }))).into_response(),
-        Err(inferd_core::InferError::ModelNotFound(_)) => {
-            V2Error::new(StatusCode::NOT_FOUND, format!("model '{name}' is not served here")).into_response()
-        }
-        Err(err) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "name": name, "ready": false, "reason": err.to_string() })))
-                .into_response()
+async fn model_ready(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Response {
+    let name = &path.name;
+    let response = match path.check_version().map(|()| state.registry.get(name)) {
+        Err(err) => err.into_response(),
+        Ok(Ok(_)) => (StatusCode::OK, Json(json!({ "name": name, "ready": true }))).into_response(),
+        Ok(Err(err @ InferError::ModelNotFound(_))) => V2Error::from(err).into_response(),
+        Ok(Err(err)) => {
+            let body = json!({ "name": name, "ready": false, "error": err.to_string() });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     };
-    labelled(&state, &name, response)
-}
-
-async fn versioned_model_ready(
-    State(state): State<AppState>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    match check_version(&name, &version) {
-        Ok(()) => model_ready(State(state), Path(name)).await,
-        Err(err) => labelled(&state, &name, err),
-    }
+    labelled(&state, name, response)
 }
 
 async fn infer(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(path): Path<ModelPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = run_infer(&state, &name, &headers, body).await;
-    labelled(&state, &name, result)
-}
-
-async fn versioned_infer(
-    State(state): State<AppState>,
-    Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = match check_version(&name, &version) {
-        Ok(()) => run_infer(&state, &name, &headers, body).await,
+    let result = match path.check_version() {
+        Ok(()) => run_infer(&state, &path.name, &headers, body).await,
         Err(err) => Err(err),
     };
-    labelled(&state, &name, result)
+    labelled(&state, &path.name, result)
 }
 
 async fn run_infer(
@@ -221,7 +209,8 @@ async fn run_infer(
     if let Some(client_timeout) = request.timeout_us {
         timeout = timeout.min(Duration::from_micros(client_timeout));
     }
-    let deadline = received + timeout;
+    // Settings bound the timeout, so this cannot overflow; if it somehow did, no deadline.
+    let deadline = received.checked_add(timeout);
     let id = request.id.clone();
     let (outputs, stats) = match &model.task {
         ModelTask::Tabular(service) => tabular::infer(service, request, deadline).await?,

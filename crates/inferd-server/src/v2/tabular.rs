@@ -26,7 +26,7 @@ pub(super) fn metadata_datatype(kind: ValueKind) -> &'static str {
 pub(super) async fn infer(
     service: &TabularService,
     request: InferRequest,
-    deadline: Instant,
+    deadline: Option<Instant>,
 ) -> Result<(Vec<OutputTensor>, BatchStats), V2Error> {
     let schema = service.schema();
     let [input] = <[_; 1]>::try_from(request.inputs).map_err(|inputs| {
@@ -46,7 +46,7 @@ pub(super) async fn infer(
     };
     let wanted = select_outputs(service, request.outputs, request.binary_output)?;
     let rows = Rows::new(n_rows, n_features, values)?;
-    let done = service.predict(rows, Some(deadline)).await?;
+    let done = service.predict(rows, deadline).await?;
     let double = input.datatype == DataType::F64;
     let mut produced = done.output;
     let outputs = wanted
@@ -74,7 +74,10 @@ fn select_outputs(
             .map(|output| RequestedOutput { name: output.name.clone(), binary: binary_output })
             .collect());
     };
-    for output in &requested {
+    for (index, output) in requested.iter().enumerate() {
+        if requested[..index].iter().any(|earlier| earlier.name == output.name) {
+            return Err(V2Error::bad_request(format!("output '{}' is requested twice", output.name)));
+        }
         if schema.output(&output.name).is_none() {
             let names: Vec<&str> = schema.outputs.iter().map(|o| o.name.as_str()).collect();
             return Err(V2Error::bad_request(format!(
