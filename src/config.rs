@@ -43,6 +43,10 @@ pub struct Config {
 pub enum ModelKind {
     /// Linear or logistic regression in inferd's JSON format (see `inferd_classical::linear`).
     Linear,
+    /// An XGBoost JSON model (`booster.save_model("model.json")`).
+    Xgboost,
+    /// A LightGBM text model (`booster.save_model("model.txt")`).
+    Lightgbm,
 }
 
 /// One model to serve.
@@ -64,6 +68,9 @@ pub struct ModelConfig {
     /// The tensor evaluator's precision (classical models); default per device.
     #[serde(default)]
     pub precision: Option<Precision>,
+    /// Most threads the native tree engine uses for one large batch; default every core.
+    #[serde(default)]
+    pub threads: Option<usize>,
     /// How its batches form.
     #[serde(default)]
     pub batching: BatchPolicy,
@@ -79,13 +86,14 @@ impl ModelConfig {
             device: DeviceSpec::Auto,
             engine: None,
             precision: None,
+            threads: None,
             batching: BatchPolicy::default(),
         }
     }
 
     /// The classical engine options.
     pub fn engine_options(&self) -> EngineOptions {
-        EngineOptions { engine: self.engine, precision: self.precision }
+        EngineOptions { engine: self.engine, precision: self.precision, threads: self.threads }
     }
 }
 

@@ -31,6 +31,8 @@ pub struct EngineOptions {
     pub engine: Option<Engine>,
     /// The tensor engine's precision; see [`Precision`].
     pub precision: Option<Precision>,
+    /// Most threads the native tree engine uses for one large batch (default: every core).
+    pub threads: Option<usize>,
 }
 
 impl EngineOptions {

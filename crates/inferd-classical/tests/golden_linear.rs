@@ -70,7 +70,7 @@ fn check(name: &str, options: EngineOptions, tolerance: f64) -> f64 {
 #[test]
 fn native_engine_matches_scikit_learn() {
     for name in MODELS {
-        let worst = check(name, EngineOptions { engine: Some(Engine::Native), precision: None }, 1e-5);
+        let worst = check(name, EngineOptions { engine: Some(Engine::Native), precision: None, threads: None }, 1e-5);
         assert!(worst < 1e-9, "{name}: f64 arithmetic should agree far inside the tolerance ({worst:e})");
     }
 }
@@ -78,7 +78,11 @@ fn native_engine_matches_scikit_learn() {
 #[test]
 fn tensor_engine_in_f64_matches_scikit_learn() {
     for name in MODELS {
-        check(name, EngineOptions { engine: Some(Engine::Tensor), precision: Some(Precision::F64) }, 1e-5);
+        check(
+            name,
+            EngineOptions { engine: Some(Engine::Tensor), precision: Some(Precision::F64), threads: None },
+            1e-5,
+        );
     }
 }
 
@@ -87,6 +91,10 @@ fn tensor_engine_in_f32_matches_scikit_learn() {
     // f32 as used on GPUs: inputs and weights are rounded to 24-bit mantissas, yet the bundled
     // models still agree to 1e-5 (absolute or relative).
     for name in MODELS {
-        check(name, EngineOptions { engine: Some(Engine::Tensor), precision: Some(Precision::F32) }, 1e-5);
+        check(
+            name,
+            EngineOptions { engine: Some(Engine::Tensor), precision: Some(Precision::F32), threads: None },
+            1e-5,
+        );
     }
 }

@@ -374,7 +374,7 @@ mod tests {
         let model = LinearModel::from_json(IRIS_LIKE.as_bytes()).unwrap();
         let rows = Rows::new(3, 2, vec![1.0, 2.0, -3.0, 0.5, 0.0, 0.0]).unwrap();
         let mut native = LinearPredictor::new(model.clone(), &Device::Cpu, EngineOptions::default()).unwrap();
-        let options = EngineOptions { engine: Some(Engine::Tensor), precision: None };
+        let options = EngineOptions { engine: Some(Engine::Tensor), precision: None, threads: None };
         let mut tensor = LinearPredictor::new(model, &Device::Cpu, options).unwrap();
         assert_eq!(native.engine(), Engine::Native);
         assert_eq!(tensor.engine(), Engine::Tensor);
