@@ -9,14 +9,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Server, linear_model, repo, run_inferd};
+use common::{Server, bundled_model, repo, run_inferd};
 use serde_json::Value;
 
 #[tokio::test]
 async fn a_failed_model_leaves_the_others_serving() {
     let models = format!(
         "{}[[models]]\nname = \"broken\"\nkind = \"linear\"\npath = \"does-not-exist.json\"\n",
-        linear_model("iris-logistic", "")
+        bundled_model("iris-logistic", "")
     );
     let server = Server::start(&models, "").await;
     // Wait for both loads to settle.
@@ -51,7 +51,7 @@ fn asking_for_cuda_without_it_stops_the_start_naming_the_model() {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("inferd.toml");
-    std::fs::write(&config, linear_model("iris-logistic", "device = \"cuda:0\"")).unwrap();
+    std::fs::write(&config, bundled_model("iris-logistic", "device = \"cuda:0\"")).unwrap();
     let (status, stderr) = run_inferd(&["serve", "--config", config.to_str().unwrap()], dir.path());
     assert!(!status.success());
     assert!(stderr.contains("model 'iris-logistic'") && stderr.contains("no CUDA support"), "{stderr}");
@@ -99,7 +99,7 @@ async fn serve_without_arguments_serves_the_bundled_models() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let models = ready["models"].as_object().unwrap();
-    assert_eq!(models.len(), 3, "{ready}");
+    assert_eq!(models.len(), 9, "{ready}");
     assert!(models.values().all(|state| state == "ready"), "{ready}");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -107,7 +107,7 @@ async fn serve_without_arguments_serves_the_bundled_models() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
-    let mut server = Server::start_ready(&linear_model("iris-logistic", ""), "drain_timeout = \"10s\"").await;
+    let mut server = Server::start_ready(&bundled_model("iris-logistic", ""), "drain_timeout = \"10s\"").await;
     let body = r#"{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}"#;
     // Start a request and leave it half sent, so it is in flight when the signal arrives.
     let mut stream = TcpStream::connect(server.address).unwrap();
@@ -135,7 +135,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
 
 #[tokio::test]
 async fn during_the_drain_delay_readiness_fails_while_requests_are_served() {
-    let mut server = Server::start_ready(&linear_model("iris-logistic", ""), "drain_delay = \"1500ms\"").await;
+    let mut server = Server::start_ready(&bundled_model("iris-logistic", ""), "drain_delay = \"1500ms\"").await;
     server.terminate();
     let mut ready = Value::Null;
     for _ in 0..100 {
@@ -152,4 +152,24 @@ async fn during_the_drain_delay_readiness_fails_while_requests_are_served() {
     assert_eq!(server.post("/v2/models/iris-logistic/infer", body).await.status(), 200, "still serving");
     let status = server.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn a_truncated_model_file_fails_with_its_name_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = std::fs::read(repo().join("models/breast-cancer-lightgbm/model.txt")).unwrap();
+    let truncated = dir.path().join("cut.txt");
+    std::fs::write(&truncated, &full[..full.len() / 2]).unwrap();
+    let models = format!("[[models]]\nname = \"cut\"\nkind = \"lightgbm\"\npath = \"{}\"\n", truncated.display());
+    let server = Server::start(&models, "").await;
+    let mut reason = String::new();
+    for _ in 0..500 {
+        let ready: Value = server.get("/v2/health/ready").await.json().await.unwrap();
+        reason = ready["models"]["cut"].as_str().unwrap().to_string();
+        if reason != "loading" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(reason.contains("cut.txt") && reason.contains("truncated"), "{reason}");
 }

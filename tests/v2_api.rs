@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Server, bundled_models, linear_model, repo};
+use common::{BUNDLED, Server, bundled_model, bundled_models, repo};
 use serde_json::{Value, json};
 
 fn golden(name: &str) -> Value {
@@ -18,6 +18,7 @@ fn flat(value: &Value) -> Vec<f64> {
     match value {
         Value::Array(items) => items.iter().flat_map(flat).collect(),
         Value::Number(n) => vec![n.as_f64().unwrap()],
+        Value::Null => vec![f64::NAN],
         other => panic!("not a number: {other}"),
     }
 }
@@ -75,28 +76,20 @@ async fn health_and_metadata() {
 }
 
 #[tokio::test]
-async fn json_inference_matches_scikit_learn() {
+async fn json_inference_matches_the_reference_libraries() {
     let server = Server::start_ready(&bundled_models(), "").await;
-    let cases: [(&str, &[&str]); 3] = [
-        ("iris-logistic", &["probabilities", "label", "margin"]),
-        ("breast-cancer-logistic", &["probabilities", "label", "margin"]),
-        ("diabetes-linear", &["predictions"]),
-    ];
-    for (name, outputs) in cases {
+    for name in BUNDLED {
         let golden = golden(name);
-        let response = server
-            .client
-            .post(server.url(&format!("/v2/models/{name}/infer")))
-            .json(&infer_body(&golden, outputs))
-            .send()
-            .await
-            .unwrap();
+        let outputs: Vec<&str> = golden["outputs"].as_object().unwrap().keys().map(String::as_str).collect();
+        let url = server.url(&format!("/v2/models/{name}/infer"));
+        // Missing values travel as JSON null.
+        let response = server.client.post(url).json(&infer_body(&golden, &outputs)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{name}");
         assert!(response.headers().contains_key("server-timing"));
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["model_name"], name);
         assert_eq!(body["id"], "golden");
-        for (output, expected) in body["outputs"].as_array().unwrap().iter().zip(outputs) {
+        for (output, expected) in body["outputs"].as_array().unwrap().iter().zip(&outputs) {
             assert_eq!(output["name"], *expected);
             let reference = &golden["outputs"][expected];
             if *expected == "label" {
@@ -112,7 +105,7 @@ async fn json_inference_matches_scikit_learn() {
 
 #[tokio::test]
 async fn binary_tensors_round_trip() {
-    let server = Server::start_ready(&linear_model("iris-logistic", ""), "").await;
+    let server = Server::start_ready(&bundled_model("iris-logistic", ""), "").await;
     let golden = golden("iris-logistic");
     let rows = flat(&golden["inputs"]);
     let header = json!({
@@ -152,7 +145,7 @@ async fn binary_tensors_round_trip() {
 #[tokio::test]
 async fn batches_form_under_concurrency_and_are_observable() {
     let batching = "batching = { max_batch_size = 16, max_queue_delay = \"20ms\" }";
-    let server = Server::start_ready(&linear_model("iris-logistic", batching), "").await;
+    let server = Server::start_ready(&bundled_model("iris-logistic", batching), "").await;
     let request =
         json!({ "inputs": [{ "name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2] }] });
     let tasks: Vec<_> = (0..48)
@@ -224,10 +217,12 @@ async fn bad_requests_get_clear_errors() {
 
 #[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after() {
-    // One request at a time, one waiting: a burst of heavy requests must overflow the queue.
-    let batching = "batching = { max_batch_size = 1, queue_capacity = 1 }";
-    let server = Server::start_ready(&linear_model("breast-cancer-logistic", batching), "").await;
-    let rows = 20_000;
+    // One request at a time, one waiting, and a model slow enough per request (a 100-tree
+    // LightGBM model on one thread: tens of milliseconds for 10,000 rows) that a burst must
+    // overflow the queue.
+    let settings = "threads = 1\nbatching = { max_batch_size = 1, queue_capacity = 1 }";
+    let server = Server::start_ready(&bundled_model("breast-cancer-lightgbm", settings), "").await;
+    let rows = 10_000;
     let header = json!({ "inputs": [{ "name": "input", "shape": [rows, 30], "datatype": "FP64",
                                       "parameters": { "binary_data_size": rows * 30 * 8 } }] })
     .to_string();
@@ -239,7 +234,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
             .map(|_| {
                 let request = server
                     .client
-                    .post(server.url("/v2/models/breast-cancer-logistic/infer"))
+                    .post(server.url("/v2/models/breast-cancer-lightgbm/infer"))
                     .header("Inference-Header-Content-Length", header.len())
                     .body(body.clone());
                 tokio::spawn(async move { request.send().await.unwrap() })

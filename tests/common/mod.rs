@@ -15,19 +15,35 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A bundled model file.
-pub fn model_path(name: &str) -> PathBuf {
-    repo().join("models").join(name).join("model.json")
+/// A `[[models]]` entry for a bundled model, with extra TOML lines.
+pub fn bundled_model(name: &str, extra: &str) -> String {
+    let (kind, file) = if name.ends_with("xgboost") {
+        ("xgboost", "model.json")
+    } else if name.ends_with("lightgbm") {
+        ("lightgbm", "model.txt")
+    } else {
+        ("linear", "model.json")
+    };
+    let path = repo().join("models").join(name).join(file);
+    format!("[[models]]\nname = \"{name}\"\nkind = \"{kind}\"\npath = \"{}\"\n{extra}\n", path.display())
 }
 
-/// A `[[models]]` entry for a bundled linear model, with extra TOML lines.
-pub fn linear_model(name: &str, extra: &str) -> String {
-    format!("[[models]]\nname = \"{name}\"\nkind = \"linear\"\npath = \"{}\"\n{extra}\n", model_path(name).display())
-}
+/// Every bundled model.
+pub const BUNDLED: [&str; 9] = [
+    "iris-logistic",
+    "breast-cancer-logistic",
+    "diabetes-linear",
+    "breast-cancer-xgboost",
+    "iris-xgboost",
+    "diabetes-xgboost",
+    "breast-cancer-lightgbm",
+    "iris-lightgbm",
+    "diabetes-lightgbm",
+];
 
-/// The three bundled models with default settings.
+/// Every bundled model with default settings.
 pub fn bundled_models() -> String {
-    ["iris-logistic", "breast-cancer-logistic", "diabetes-linear"].map(|name| linear_model(name, "")).concat()
+    BUNDLED.map(|name| bundled_model(name, "")).concat()
 }
 
 pub struct Server {

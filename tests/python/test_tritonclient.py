@@ -26,21 +26,61 @@ INPUT_NAME = "input"
 # the model metadata; "default_outputs" are returned when a request names none.
 MODELS = {
     "iris-logistic": {
+        "platform": "inferd_linear",
         "features": 4,
         "outputs": {"probabilities": [-1, 3], "label": [-1], "margin": [-1, 3]},
         "default_outputs": ["probabilities", "label"],
     },
     "breast-cancer-logistic": {
+        "platform": "inferd_linear",
         "features": 30,
         "outputs": {"probabilities": [-1, 2], "label": [-1], "margin": [-1]},
         "default_outputs": ["probabilities", "label"],
     },
     "diabetes-linear": {
+        "platform": "inferd_linear",
         "features": 10,
         "outputs": {"predictions": [-1]},
         "default_outputs": ["predictions"],
     },
+    "breast-cancer-xgboost": {
+        "platform": "inferd_xgboost",
+        "features": 30,
+        "outputs": {"probabilities": [-1, 2], "label": [-1], "margin": [-1]},
+        "default_outputs": ["probabilities", "label"],
+    },
+    "iris-xgboost": {
+        "platform": "inferd_xgboost",
+        "features": 4,
+        "outputs": {"probabilities": [-1, 3], "label": [-1], "margin": [-1, 3]},
+        "default_outputs": ["probabilities", "label"],
+    },
+    "diabetes-xgboost": {
+        "platform": "inferd_xgboost",
+        "features": 10,
+        "outputs": {"predictions": [-1], "margin": [-1]},
+        "default_outputs": ["predictions"],
+    },
+    "breast-cancer-lightgbm": {
+        "platform": "inferd_lightgbm",
+        "features": 30,
+        "outputs": {"probabilities": [-1, 2], "label": [-1], "margin": [-1]},
+        "default_outputs": ["probabilities", "label"],
+    },
+    "iris-lightgbm": {
+        "platform": "inferd_lightgbm",
+        "features": 4,
+        "outputs": {"probabilities": [-1, 3], "label": [-1], "margin": [-1, 3]},
+        "default_outputs": ["probabilities", "label"],
+    },
+    "diabetes-lightgbm": {
+        "platform": "inferd_lightgbm",
+        "features": 10,
+        "outputs": {"predictions": [-1], "margin": [-1]},
+        "default_outputs": ["predictions"],
+    },
 }
+# Tree models' golden rows hold missing values: JSON null, NaN in numpy.
 CLASSIFIERS = [name for name, spec in MODELS.items() if "label" in spec["outputs"]]
 
 # Outputs compared exactly (integer class labels) rather than with a tolerance.
@@ -198,7 +238,7 @@ class HealthAndMetadataTest(InferdTestCase):
                 metadata = self.client.get_model_metadata(model)
                 self.assertEqual(metadata["name"], model)
                 self.assertEqual(metadata["versions"], ["1"])
-                self.assertEqual(metadata["platform"], "inferd_linear")
+                self.assertEqual(metadata["platform"], spec["platform"])
                 self.assertEqual(
                     metadata["inputs"],
                     [{"name": INPUT_NAME, "datatype": "FP64", "shape": [-1, spec["features"]]}],
@@ -218,6 +258,11 @@ class GoldenInferenceTest(InferdTestCase):
 
     def check_all_rows(self, datatype, binary_inputs, binary_outputs, rtol, atol):
         for model, spec in MODELS.items():
+            if datatype == "FP32" and spec["platform"] == "inferd_lightgbm":
+                # LightGBM compares float64 features with float64 thresholds: features
+                # rounded to float32 on the client may fall on the other side of a split,
+                # so FP32 inputs are only comparable to the golden for the other models.
+                continue
             with self.subTest(model=model):
                 golden = load_golden(model)
                 names = list(spec["outputs"])

@@ -177,8 +177,9 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Infer
             ));
         }
     };
+    let json = nan_as_null(json);
     let request: RequestJson =
-        serde_json::from_slice(json).map_err(|err| format!("the request is not a valid inference request: {err}"))?;
+        serde_json::from_slice(&json).map_err(|err| format!("the request is not a valid inference request: {err}"))?;
     let binary_output = bool_parameter(&request.parameters, "binary_data_output")?.unwrap_or(false);
     let timeout_us = match request.parameters.get("timeout") {
         None => None,
@@ -204,6 +205,38 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Infer
         })
         .transpose()?;
     Ok(InferRequest { id: request.id, inputs, outputs, binary_output, timeout_us })
+}
+
+/// JSON has no NaN, but tritonclient (through rapidjson) writes missing values as a bare `NaN`
+/// token, as Triton accepts. Rewrites such tokens outside strings to `null`, which the tensor
+/// decoder reads as NaN; returns the body unchanged (and uncopied) when there are none.
+fn nan_as_null(json: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !json.windows(3).any(|window| window == b"NaN") {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = Vec::with_capacity(json.len() + 16);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut index = 0;
+    while index < json.len() {
+        let byte = json[index];
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        } else if json[index..].starts_with(b"NaN") {
+            out.extend_from_slice(b"null");
+            index += 3;
+            continue;
+        }
+        out.push(byte);
+        index += 1;
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn bool_parameter(parameters: &Map<String, Value>, key: &str) -> Result<Option<bool>, String> {
@@ -584,6 +617,17 @@ mod tests {
         assert!(decode_request(huge, None).unwrap_err().contains("data has 1"));
         let err = decode_request(b"{}", Some(10)).unwrap_err();
         assert!(err.contains("only 2 bytes"), "{err}");
+    }
+
+    #[test]
+    fn bare_nan_tokens_read_as_missing_values() {
+        let body =
+            br#"{"id": "NaN", "inputs": [{"name": "x", "shape": [3], "datatype": "FP64", "data": [1.5, NaN,NaN]}]}"#;
+        let request = decode_request(body, None).unwrap();
+        assert_eq!(request.id.as_deref(), Some("NaN"), "strings are left alone");
+        let TensorData::Numeric(values) = &request.inputs[0].data else { panic!() };
+        assert_eq!(values[0], 1.5);
+        assert!(values[1].is_nan() && values[2].is_nan());
     }
 
     #[test]
