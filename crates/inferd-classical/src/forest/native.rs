@@ -280,15 +280,18 @@ impl<K: Key> Flat<K> {
             let rows = block.len() / width;
             let mut at = [0u32; BLOCK];
             for tree in &self.trees {
-                at[..rows].fill(tree.root);
-                for _ in 0..tree.depth {
+                // The first step starts every row at the root.
+                for (row, node) in at[..rows].iter_mut().enumerate() {
+                    *node = self.step::<ZERO>(tree.root, block, row * width, zero);
+                }
+                for _ in 1..tree.depth {
                     for (row, node) in at[..rows].iter_mut().enumerate() {
                         *node = self.step::<ZERO>(*node, block, row * width, zero);
                     }
                 }
                 let group = tree.group as usize;
-                for (row, &node) in at[..rows].iter().enumerate() {
-                    block_sums[row * self.n_groups + group] += self.values[node as usize];
+                for (sum, &node) in block_sums[group..].iter_mut().step_by(self.n_groups).zip(&at[..rows]) {
+                    *sum += self.values[node as usize];
                 }
             }
         }
