@@ -108,7 +108,8 @@ fn batcher_round_trip(c: &mut Criterion) {
     let predictor = LinearPredictor::new(model, &Device::Cpu, EngineOptions::default()).unwrap();
     let metrics = Metrics::new();
     let service =
-        TabularService::start("round-trip", Box::new(predictor), BatchPolicy::default(), metrics.batcher("x")).unwrap();
+        TabularService::start("round-trip", Box::new(predictor), BatchPolicy::default(), metrics.batcher("round-trip"))
+            .unwrap();
     let input = rows("breast-cancer-logistic", 1);
     let mut group = c.benchmark_group("batcher");
     group.measurement_time(Duration::from_secs(2));

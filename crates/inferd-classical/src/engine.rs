@@ -7,7 +7,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
-    /// Plain Rust loops in `f64` on the CPU: lowest latency, exact. The default on the CPU.
+    /// Plain Rust on the CPU, in the reference library's own arithmetic (`f64` for linear models
+    /// and LightGBM, `f32` for XGBoost): lowest latency, and the library's answers to the last
+    /// bit. The default on the CPU.
     Native,
     /// candle tensors on the model's device (CPU or CUDA). The default on CUDA.
     Tensor,

@@ -2,8 +2,8 @@
 //!
 //! Linear and logistic regression from a documented JSON file ([`linear`]) and gradient-boosted
 //! trees from XGBoost and LightGBM model files ([`forest`]), each runnable by two engines that
-//! give the same answers: a native CPU engine, and a tensor engine on candle that also runs on
-//! CUDA (see [`Engine`]).
+//! pass the same golden tests: a native CPU engine in the reference library's own arithmetic,
+//! and a tensor engine on candle that also runs on CUDA and agrees to rounding (see [`Engine`]).
 
 pub mod engine;
 pub mod error;

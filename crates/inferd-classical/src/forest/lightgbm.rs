@@ -18,19 +18,21 @@ use super::{Arithmetic, Forest, Node, Objective, Transform, Tree};
 
 const CATEGORICAL: u8 = 1;
 const DEFAULT_LEFT: u8 = 2;
+const MISSING_NONE: u8 = 0;
 const MISSING_ZERO: u8 = 1;
 const MISSING_NAN: u8 = 2;
 
-/// `key=value` lines of one section; a line without `=` is a flag with an empty value.
-fn fields(lines: &[&str]) -> HashMap<String, String> {
-    lines
-        .iter()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| match line.split_once('=') {
-            Some((key, value)) => (key.trim().to_string(), value.trim().to_string()),
-            None => (line.trim().to_string(), String::new()),
-        })
-        .collect()
+/// `key=value` lines of one section; a line without `=` is a flag with an empty value. A key
+/// given twice is an error: taking either value could silently load the wrong model.
+fn fields(lines: &[&str]) -> Result<HashMap<String, String>, String> {
+    let mut fields = HashMap::new();
+    for line in lines.iter().map(|line| line.trim()).filter(|line| !line.is_empty()) {
+        let (key, value) = line.split_once('=').unwrap_or((line, ""));
+        if fields.insert(key.trim().to_string(), value.trim().to_string()).is_some() {
+            return Err(format!("'{}' appears twice in one section", key.trim()));
+        }
+    }
+    Ok(fields)
 }
 
 fn field<'a>(fields: &'a HashMap<String, String>, key: &str) -> Result<&'a str, String> {
@@ -60,20 +62,23 @@ pub(super) fn parse(text: &str) -> Result<Forest, String> {
         return Err("not a LightGBM text model (it does not start with 'tree')".into());
     }
     let tree_starts: Vec<usize> =
-        lines.iter().enumerate().filter(|(_, line)| line.starts_with("Tree=")).map(|(i, _)| i).collect();
+        lines.iter().enumerate().filter(|(_, line)| line.trim_start().starts_with("Tree=")).map(|(i, _)| i).collect();
     let end = lines
         .iter()
         .position(|line| line.trim() == "end of trees")
         .ok_or("the model is truncated: no 'end of trees'")?;
-    let header = fields(&lines[..tree_starts.first().copied().unwrap_or(end)]);
+    if tree_starts.last().is_some_and(|&start| start > end) {
+        return Err("a tree follows 'end of trees'".into());
+    }
+    let header = fields(&lines[..tree_starts.first().copied().unwrap_or(end)])?;
 
-    let n_features = count(&header, "max_feature_idx")? + 1;
+    let n_features = count(&header, "max_feature_idx")?.checked_add(1).ok_or("max_feature_idx is too large")?;
     let per_iteration = count(&header, "num_tree_per_iteration")?;
     let num_class = count(&header, "num_class")?;
     let objective_line = header.get("objective").map(String::as_str).unwrap_or("regression");
     let objective = parse_objective(objective_line, num_class)?;
     let n_groups = match objective {
-        Objective::Multiclass => num_class,
+        Objective::Multiclass { .. } => num_class,
         _ => 1,
     };
     if per_iteration != n_groups {
@@ -87,10 +92,11 @@ pub(super) fn parse(text: &str) -> Result<Forest, String> {
     let mut trees = Vec::with_capacity(tree_starts.len());
     for (index, &start) in tree_starts.iter().enumerate() {
         let stop = tree_starts.get(index + 1).copied().unwrap_or(end).min(end);
-        let block = fields(&lines[start + 1..stop.max(start + 1)]);
+        let block =
+            fields(&lines[start + 1..stop.max(start + 1)]).map_err(|reason| format!("tree {index}: {reason}"))?;
         let nodes =
             convert_tree(&block, feature_names.as_deref()).map_err(|reason| format!("tree {index}: {reason}"))?;
-        trees.push(Tree { nodes, group: index % per_iteration, weight: None });
+        trees.push(Tree { nodes, group: index % per_iteration });
     }
     if trees.len() % per_iteration != 0 {
         return Err(format!("{} trees is not a whole number of iterations of {per_iteration}", trees.len()));
@@ -139,7 +145,7 @@ fn parse_objective(line: &str, num_class: usize) -> Result<Objective, String> {
             };
             Ok(Objective::Binary { scale, label_from_margin: false })
         }
-        "multiclass" | "softmax" if num_class >= 2 => Ok(Objective::Multiclass),
+        "multiclass" | "softmax" if num_class >= 2 => Ok(Objective::Multiclass { label_from_margin: false }),
         other => Err(format!("objective '{other}' is not supported")),
     }
 }
@@ -162,13 +168,13 @@ fn convert_tree(block: &HashMap<String, String>, feature_names: Option<&[String]
     let decision_types: Vec<u8> = numbers(block, "decision_type", splits)?;
     let left: Vec<i64> = numbers(block, "left_child", splits)?;
     let right: Vec<i64> = numbers(block, "right_child", splits)?;
-    // Splits keep their indices; leaf j becomes node splits + j.
+    // Splits keep their indices; leaf j (written as -(j + 1)) becomes node splits + j.
     let child = |value: i64| -> Result<u32, String> {
-        let node = if value >= 0 { value } else { splits as i64 + (-value - 1) };
-        u32::try_from(node)
-            .ok()
-            .filter(|&node| (node as usize) < splits + leaves)
-            .ok_or_else(|| format!("child {value} is out of range"))
+        let node = match value {
+            0.. => usize::try_from(value).ok().filter(|&split| split < splits),
+            _ => usize::try_from(-(value + 1)).ok().filter(|&leaf| leaf < leaves).map(|leaf| splits + leaf),
+        };
+        node.and_then(|node| u32::try_from(node).ok()).ok_or_else(|| format!("child {value} is out of range"))
     };
     let mut nodes = Vec::with_capacity(splits + leaves);
     for i in 0..splits {
@@ -182,10 +188,10 @@ fn convert_tree(block: &HashMap<String, String>, feature_names: Option<&[String]
         }
         let threshold = thresholds[i];
         let (default_left, zero_is_missing) = match (decision >> 2) & 3 {
-            MISSING_NAN => (decision & DEFAULT_LEFT != 0, false),
+            MISSING_NONE => (0.0 <= threshold, false), // NaN is read as 0 and compared like it
             MISSING_ZERO => (decision & DEFAULT_LEFT != 0, true),
-            // None: a NaN is read as 0 and compared like one.
-            _ => (0.0 <= threshold, false),
+            MISSING_NAN => (decision & DEFAULT_LEFT != 0, false),
+            other => return Err(format!("split {i} has unknown missing type {other}")),
         };
         nodes.push(Node::Split {
             feature: features[i],

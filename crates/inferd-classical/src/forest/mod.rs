@@ -26,13 +26,14 @@ use inferd_core::{
     Device, InferError, OutputSpec, Rows, TabularModel, TabularOutput, TabularSchema, ValueKind, Values,
 };
 
-use crate::engine::{Engine, EngineOptions};
+use crate::engine::{Engine, EngineOptions, Precision};
 use crate::error::LoadError;
 use native::NativeForest;
 use tensor::TensorForest;
 
-/// Deepest tree accepted; deeper ones are surely malformed (and would make traversal slow).
-const MAX_DEPTH: usize = 64;
+/// Deepest tree accepted. Leaf-wise growth (LightGBM, XGBoost's `lossguide`) legitimately makes
+/// deep trees; thousands of levels can only be a malformed file.
+const MAX_DEPTH: usize = 4096;
 
 /// The arithmetic a forest's library predicts with, which ours reproduces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +57,11 @@ pub enum Objective {
         label_from_margin: bool,
     },
     /// Multiclass classification through softmax over one margin per class.
-    Multiclass,
+    Multiclass {
+        /// The label is the largest margin (XGBoost's `multi:softmax`) instead of the largest
+        /// probability (as scikit-learn's wrappers predict).
+        label_from_margin: bool,
+    },
 }
 
 /// The link from margin to prediction for regressors.
@@ -100,8 +105,6 @@ pub struct Tree {
     pub nodes: Vec<Node>,
     /// The margin (output group) the tree adds to.
     pub group: usize,
-    /// DART's weight on the tree's leaves; `None` for other boosters.
-    pub weight: Option<f64>,
 }
 
 /// A tree ensemble in the form both engines evaluate.
@@ -142,18 +145,17 @@ impl Forest {
     }
 
     /// Checks the structure both engines rely on: children and features in range, every node
-    /// reachable exactly once from the root (no cycles, no sharing), bounded depth, finite
-    /// values.
-    fn validated(self) -> Result<Self, String> {
+    /// reachable from the root reached exactly once (no cycles, no sharing), bounded depth,
+    /// finite values. Unreachable nodes (XGBoost keeps pruned ones in its files) are ignored.
+    pub fn validated(self) -> Result<Self, String> {
         if self.trees.is_empty() {
             return Err("the model has no trees".into());
         }
-        if self.n_features == 0
-            || self.n_features >= 1 << 30
-            || self.n_groups == 0
-            || self.base_margin.len() != self.n_groups
-        {
+        if self.n_features == 0 || self.n_groups == 0 || self.base_margin.len() != self.n_groups {
             return Err("the model declares no features or outputs".into());
+        }
+        if self.n_features >= 1 << 30 {
+            return Err(format!("the model declares {} features, more than this build handles", self.n_features));
         }
         if !self.divisor.is_finite() || self.divisor <= 0.0 || self.base_margin.iter().any(|v| !v.is_finite()) {
             return Err("the model's base score or averaging is not a finite number".into());
@@ -162,9 +164,6 @@ impl Forest {
             tree_depth(tree, self.n_features).map_err(|reason| format!("tree {index}: {reason}"))?;
             if tree.group >= self.n_groups {
                 return Err(format!("tree {index} adds to output {} of {}", tree.group, self.n_groups));
-            }
-            if tree.weight.is_some_and(|weight| !weight.is_finite()) {
-                return Err(format!("tree {index} has a non-finite weight"));
             }
         }
         Ok(self)
@@ -183,7 +182,7 @@ impl Forest {
             Objective::Regression(_) => {
                 vec![float("predictions", per_group.clone(), true), float("margin", per_group, false)]
             }
-            Objective::Binary { .. } | Objective::Multiclass => vec![
+            Objective::Binary { .. } | Objective::Multiclass { .. } => vec![
                 float("probabilities", vec![self.n_classes()], true),
                 OutputSpec { name: "label".into(), kind: ValueKind::Int, row_shape: vec![], default: true },
                 float("margin", per_group, false),
@@ -220,7 +219,8 @@ impl Forest {
             margins.iter().map(|&m| round(m / self.divisor)).collect()
         };
         let sigmoid = |m: f64| match self.arithmetic {
-            Arithmetic::F32 => f64::from(1.0f32 / (1.0f32 + (-(m as f32)).exp())),
+            // XGBoost caps the exponent at 88.7, so tiny probabilities stay above zero.
+            Arithmetic::F32 => f64::from(1.0f32 / (1.0f32 + (-(m as f32)).min(88.7).exp())),
             Arithmetic::F64 => 1.0 / (1.0 + (-m).exp()),
         };
         let float = |name: &str, shape: Vec<usize>, values: Vec<f64>| TabularOutput {
@@ -257,15 +257,17 @@ impl Forest {
                     float("margin", group_shape, margins),
                 ]
             }
-            Objective::Multiclass => {
+            Objective::Multiclass { label_from_margin } => {
                 let mut probabilities = Vec::with_capacity(margins.len());
                 let mut labels = Vec::with_capacity(n_rows);
                 for row in averaged.chunks_exact(k) {
+                    let start = probabilities.len();
                     match self.arithmetic {
                         Arithmetic::F32 => softmax_f32(row, &mut probabilities),
                         Arithmetic::F64 => softmax_f64(row, &mut probabilities),
                     }
-                    labels.push(first_argmax(row) as i64);
+                    let decided_by = if label_from_margin { row } else { &probabilities[start..] };
+                    labels.push(first_argmax(decided_by) as i64);
                 }
                 vec![
                     float("probabilities", vec![n_rows, k], probabilities),
@@ -337,9 +339,6 @@ fn tree_depth(tree: &Tree, n_features: usize) -> Result<usize, String> {
             }
         }
     }
-    if let Some(orphan) = seen.iter().position(|&reached| !reached) {
-        return Err(format!("node {orphan} is not reachable from the root"));
-    }
     Ok(deepest)
 }
 
@@ -357,16 +356,21 @@ enum ForestEngine {
 impl ForestPredictor {
     /// Binds `forest` to `device` with the configured engine options. The native engine runs
     /// on the CPU only.
+    /// LightGBM forests default to `f64` tensors even on a GPU: their thresholds are `f64`, and
+    /// `f32` could send a row the other way at a split.
     pub fn new(forest: Forest, device: &Device, options: EngineOptions) -> Result<Self, String> {
-        let (engine, precision) = options.resolve(device);
+        // A Forest is plain data: whoever built it, check it before the engines rely on it.
+        let forest = forest.validated()?;
+        let (engine, mut precision) = options.resolve(device);
+        if options.precision.is_none() && forest.arithmetic == Arithmetic::F64 {
+            precision = Precision::F64;
+        }
         let engine = match engine {
             Engine::Native if !device.is_cpu() => {
                 return Err("the native engine runs on the CPU only; use engine = \"tensor\" on a GPU".into());
             }
-            Engine::Native => ForestEngine::Native(NativeForest::new(&forest, options.threads)),
-            Engine::Tensor => {
-                ForestEngine::Tensor(TensorForest::new(&forest, device, precision).map_err(|err| err.to_string())?)
-            }
+            Engine::Native => ForestEngine::Native(NativeForest::new(&forest, options.threads)?),
+            Engine::Tensor => ForestEngine::Tensor(TensorForest::new(&forest, device, precision)?),
         };
         Ok(Self { forest, engine })
     }
@@ -407,7 +411,6 @@ impl TabularModel for ForestPredictor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Precision;
 
     /// An XGBoost stump on feature 1: `x < 0.5` → -1, else +1; missing goes right.
     const XGB_STUMP: &str = r#"{"learner": {
@@ -454,6 +457,16 @@ mod tests {
     }
 
     #[test]
+    fn xgboost_inputs_beyond_f32_pass_every_threshold_like_infinity() {
+        // Missing values go left here, so a value read as missing would show as -1.
+        let document = XGB_STUMP.replace(r#""default_left": [0, 0, 0]"#, r#""default_left": [1, 0, 0]"#);
+        let forest = xgboost::parse(document.as_bytes()).and_then(Forest::validated).unwrap();
+        for margins in margins(&forest, &[1e300, -1e300, f64::MAX, f64::NAN]) {
+            assert_eq!(margins, vec![1.0, -1.0, 1.0, -1.0]);
+        }
+    }
+
+    #[test]
     fn lightgbm_reads_every_missing_type() {
         // The threshold itself goes left (`<=`), as in LightGBM.
         let cases: [(u8, [f64; 4]); 4] = [
@@ -468,6 +481,40 @@ mod tests {
                 assert_eq!(margins, expected, "decision_type {decision_type}");
             }
         }
+    }
+
+    #[test]
+    fn lightgbm_reads_values_within_its_zero_threshold_as_zero() {
+        // `x <= 0` goes left; 1e-36 and kZeroThreshold (1e-35 as an f32) itself are zero to
+        // LightGBM, 2e-35 is not.
+        let stump = lgb_stump(8).replace("threshold=2", "threshold=0");
+        let forest = lightgbm::parse(&stump).and_then(Forest::validated).unwrap();
+        for margins in margins(&forest, &[1e-36, -1e-36, 1e-35f32 as f64, 2e-35]) {
+            assert_eq!(margins, vec![10.0, 10.0, 10.0, 20.0]);
+        }
+    }
+
+    #[test]
+    fn unreachable_nodes_are_ignored_as_xgboost_ignores_pruned_ones() {
+        let pruned = XGB_STUMP
+            .replace("[1, -1, -1]", "[1, -1, -1, -1]")
+            .replace("[2, -1, -1]", "[2, -1, -1, -1]")
+            .replace("[1, 0, 0]", "[1, 0, 0, 0]")
+            .replace("[0.5, -1.0, 1.0]", "[0.5, -1.0, 1.0, 99.0]")
+            .replace("[0, 0, 0], \"split_type\": [0, 0, 0]", "[0, 0, 0, 0], \"split_type\": [0, 0, 0, 0]");
+        let forest = xgboost::parse(pruned.as_bytes()).and_then(Forest::validated).unwrap();
+        for margins in margins(&forest, &[0.25, 0.75]) {
+            assert_eq!(margins, vec![-1.0, 1.0]);
+        }
+    }
+
+    #[test]
+    fn a_hand_built_forest_is_checked_before_it_is_served() {
+        let mut forest = xgboost::parse(XGB_STUMP.as_bytes()).unwrap();
+        forest.trees[0].nodes[0] =
+            Node::Split { feature: 7, threshold: 0.5, default_left: true, zero_is_missing: false, left: 1, right: 2 };
+        let err = ForestPredictor::new(forest, &Device::Cpu, EngineOptions::default()).err().unwrap();
+        assert!(err.contains("feature 7"), "{err}");
     }
 
     #[test]
@@ -492,6 +539,10 @@ mod tests {
             (stump.replace("leaf_value=10 20", "leaf_value=10"), "'leaf_value' has 1 values"),
             (stump.replace("is_linear=0", "is_linear=1"), "linear trees"),
             ("hello".to_string(), "not a LightGBM text model"),
+            (stump.replace("shrinkage=1", "shrinkage=1\nnum_leaves=3"), "'num_leaves' appears twice"),
+            (stump.replace("decision_type=8", "decision_type=12"), "unknown missing type 3"),
+            (stump.replace("left_child=-1", "left_child=-3"), "child -3 is out of range"),
+            (stump.replace("left_child=-1", "left_child=1"), "child 1 is out of range"),
         ];
         for (text, expected) in lgb_cases {
             let err = lightgbm::parse(&text).and_then(Forest::validated).unwrap_err();

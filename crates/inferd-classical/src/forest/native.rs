@@ -2,10 +2,10 @@
 //!
 //! **Keys.** Every feature value becomes an unsigned integer key whose order is the order of the
 //! numbers (the usual sign-flip of IEEE 754 bits, with -0 read as +0), and a missing value (NaN)
-//! becomes the key of +∞, which real inputs never have. A split then sends a row right exactly
-//! when its key lies in one interval: `[key(threshold), key(+∞)]` when missing values go right,
-//! `[key(threshold), key(max finite)]` when they go left. That is one subtraction and one
-//! unsigned comparison, `key − start <= span`, with no separate test for missing values.
+//! becomes a key above +∞. A split then sends a row right exactly when its key lies in one
+//! interval: `[key(threshold), key(NaN)]` when missing values go right, `[key(threshold),
+//! key(+∞)]` when they go left. That is one subtraction and one unsigned comparison,
+//! `key − start <= span`, with no separate test for missing values.
 //!
 //! **Layout.** Every tree is renumbered so that a split's two children sit side by side (`next`
 //! and `next + 1`) and every leaf loops to itself (its interval is empty). A row then takes
@@ -15,8 +15,9 @@
 //! are independent and the CPU overlaps their memory loads instead of waiting on one row's chain
 //! of nodes. Large batches are split across threads; a small one runs on the caller's thread.
 //!
-//! LightGBM's `Zero` missing type (values within 1e-35 of zero also take the default way) needs
-//! a second interval test on the splits that use it; forests without it never pay for it.
+//! LightGBM reads every value within its `kZeroThreshold` (`1e-35f`) of zero as zero; its `Zero`
+//! missing type then sends zeros the default way, a second test on the splits that use it, which
+//! forests without it never pay for.
 
 use inferd_core::Rows;
 use rayon::prelude::*;
@@ -33,33 +34,38 @@ const ZERO_IS_MISSING: u32 = 1 << 31;
 const DEFAULT_RIGHT: u32 = 1 << 30;
 const FEATURE: u32 = DEFAULT_RIGHT - 1;
 
+/// LightGBM's `kZeroThreshold`: `1e-35` as an `f32`, widened.
+const LIGHTGBM_ZERO: f64 = 1e-35f32 as f64;
+
 /// The order-preserving integer key of a forest's element type: `u32` keys of `f32` values for
-/// XGBoost, `u64` keys of `f64` values for LightGBM.
+/// XGBoost, `u64` keys of `f64` values for LightGBM, each read as its library reads it.
 pub(super) trait Key: Copy + Send + Sync + Ord + std::fmt::Debug {
     /// The sum type: the float the key was made from.
     type Float: Copy + Send + Sync + std::ops::AddAssign;
-    /// The key of +∞, which stands for a missing value.
+    /// The key of a missing value (NaN): above +∞.
     const MISSING: Self;
-    /// The key of the largest finite value.
-    const MAX_FINITE: Self;
-    /// The largest key: no key reaches it, so an interval starting there is empty.
+    /// The key of +∞.
+    const INFINITY: Self;
+    /// The largest key: no value has it, so an interval starting there is empty.
     const NEVER: Self;
     const ZERO: Self;
+    /// The key of an input `value` as the library reads it.
     fn of(value: f64) -> Self;
+    /// The key of a threshold, exactly (LightGBM's zero snapping applies to inputs only).
+    fn threshold(value: f64) -> Self;
     fn wrapping_sub(self, other: Self) -> Self;
     fn float(value: f64) -> Self::Float;
     fn widen(value: Self::Float) -> f64;
-    /// Keys within 1e-35 of zero: `[start, start + span]`.
-    fn zero_interval() -> (Self, Self);
 }
 
 impl Key for u32 {
     type Float = f32;
-    const MISSING: Self = 0xff80_0000;
-    const MAX_FINITE: Self = 0xff7f_ffff;
+    const MISSING: Self = 0xffc0_0000;
+    const INFINITY: Self = 0xff80_0000;
     const NEVER: Self = u32::MAX;
     const ZERO: Self = 0;
 
+    /// XGBoost rounds to `f32` (finite values beyond its range become ±∞, compared as such).
     fn of(value: f64) -> Self {
         let value = value as f32;
         if value.is_nan() {
@@ -67,6 +73,9 @@ impl Key for u32 {
         }
         let bits = (value + 0.0).to_bits();
         if bits >> 31 == 1 { !bits } else { bits | 1 << 31 }
+    }
+    fn threshold(value: f64) -> Self {
+        Self::of(value)
     }
     fn wrapping_sub(self, other: Self) -> Self {
         self.wrapping_sub(other)
@@ -77,20 +86,20 @@ impl Key for u32 {
     fn widen(value: f32) -> f64 {
         f64::from(value)
     }
-    fn zero_interval() -> (Self, Self) {
-        let (low, high) = (Self::of(-1e-35), Self::of(1e-35));
-        (low, high - low)
-    }
 }
 
 impl Key for u64 {
     type Float = f64;
-    const MISSING: Self = 0xfff0_0000_0000_0000;
-    const MAX_FINITE: Self = 0xffef_ffff_ffff_ffff;
+    const MISSING: Self = 0xfff8_0000_0000_0000;
+    const INFINITY: Self = 0xfff0_0000_0000_0000;
     const NEVER: Self = u64::MAX;
     const ZERO: Self = 0;
 
+    /// LightGBM reads values within `kZeroThreshold` of zero as zero.
     fn of(value: f64) -> Self {
+        Self::threshold(if value.abs() <= LIGHTGBM_ZERO { 0.0 } else { value })
+    }
+    fn threshold(value: f64) -> Self {
         if value.is_nan() {
             return Self::MISSING;
         }
@@ -105,10 +114,6 @@ impl Key for u64 {
     }
     fn widen(value: f64) -> f64 {
         value
-    }
-    fn zero_interval() -> (Self, Self) {
-        let (low, high) = (Self::of(-1e-35), Self::of(1e-35));
-        (low, high - low)
     }
 }
 
@@ -129,8 +134,16 @@ struct FlatTree {
     group: u32,
 }
 
-/// A forest flattened for the CPU, in its library's arithmetic.
-pub(super) enum NativeForest {
+/// A forest flattened for the CPU, in its library's arithmetic, with the threads its large
+/// batches may use.
+pub(super) struct NativeForest {
+    flat: Flats,
+    threads: usize,
+    /// A pool of exactly `threads` threads when the model sets a limit; else rayon's global pool.
+    pool: Option<rayon::ThreadPool>,
+}
+
+enum Flats {
     /// XGBoost: `f32` values.
     F32(Flat<u32>),
     /// LightGBM: `f64` values.
@@ -138,38 +151,56 @@ pub(super) enum NativeForest {
 }
 
 impl NativeForest {
-    /// Flattens `forest`; batches use up to `threads` threads (default: every core).
-    pub(super) fn new(forest: &Forest, threads: Option<usize>) -> Self {
-        let threads = threads.unwrap_or_else(rayon::current_num_threads).max(1);
-        match forest.arithmetic {
-            Arithmetic::F32 => Self::F32(Flat::new(forest, threads)),
-            Arithmetic::F64 => Self::F64(Flat::new(forest, threads)),
-        }
+    /// Flattens `forest`; a large batch uses at most `threads` threads (default: every core).
+    pub(super) fn new(forest: &Forest, threads: Option<usize>) -> Result<Self, String> {
+        let pool = match threads {
+            Some(limit) if limit > 1 => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(limit)
+                    .thread_name(|index| format!("inferd-trees-{index}"))
+                    .build()
+                    .map_err(|err| format!("cannot start {limit} tree threads: {err}"))?,
+            ),
+            _ => None,
+        };
+        let flat = match forest.arithmetic {
+            Arithmetic::F32 => Flats::F32(Flat::new(forest)),
+            Arithmetic::F64 => Flats::F64(Flat::new(forest)),
+        };
+        Ok(Self { flat, threads: threads.unwrap_or_else(rayon::current_num_threads).max(1), pool })
     }
 
-    /// Margins `[N × groups]`.
+    /// Margins `[N × groups]`. A small batch runs on the caller's thread with no hand-off.
     pub(super) fn margins(&self, rows: &Rows) -> Vec<f64> {
-        match self {
-            Self::F32(flat) => flat.margins(rows),
-            Self::F64(flat) => flat.margins(rows),
+        let visits = match &self.flat {
+            Flats::F32(flat) => flat.visits(rows.n_rows()),
+            Flats::F64(flat) => flat.visits(rows.n_rows()),
+        };
+        let split = (self.threads > 1 && visits >= PARALLEL_MIN_VISITS).then_some(self.threads);
+        let run = || match &self.flat {
+            Flats::F32(flat) => flat.margins(rows, split),
+            Flats::F64(flat) => flat.margins(rows, split),
+        };
+        match (&self.pool, split) {
+            (Some(pool), Some(_)) => pool.install(run),
+            _ => run(),
         }
     }
 }
 
 pub(super) struct Flat<K: Key> {
     nodes: Vec<FlatNode<K>>,
-    /// Leaf values (times the tree's weight) by node index; 0 for splits.
+    /// Leaf values by node index; 0 for splits.
     values: Vec<K::Float>,
     trees: Vec<FlatTree>,
     base: Vec<K::Float>,
     n_features: usize,
     n_groups: usize,
     zero_is_missing: bool,
-    threads: usize,
 }
 
 impl<K: Key> Flat<K> {
-    fn new(forest: &Forest, threads: usize) -> Self {
+    fn new(forest: &Forest) -> Self {
         let zero_is_missing = forest
             .trees
             .iter()
@@ -191,7 +222,7 @@ impl<K: Key> Flat<K> {
             while let Some((source, slot)) = queue.pop_front() {
                 nodes[slot as usize] = match tree.nodes[source] {
                     Node::Leaf(value) => {
-                        values[slot as usize] = Self::leaf_value(value, tree.weight, forest.base_margin[tree.group]);
+                        values[slot as usize] = K::float(value);
                         leaf(slot)
                     }
                     Node::Split { feature, threshold, default_left, zero_is_missing: zero, left, right } => {
@@ -220,34 +251,28 @@ impl<K: Key> Flat<K> {
             n_features: forest.n_features,
             n_groups: forest.n_groups,
             zero_is_missing,
-            threads,
         }
     }
 
-    /// What a leaf adds to the sum, in the library's arithmetic. XGBoost's DART predicts each
-    /// tree on top of the base margin, takes the base away again and scales by the tree's
-    /// weight, all in `f32`; that rounding is reproduced here once per leaf.
-    fn leaf_value(value: f64, weight: Option<f64>, base: f64) -> K::Float {
-        let Some(weight) = weight else { return K::float(value) };
-        let on_base = K::widen(K::float(K::widen(K::float(base)) + K::widen(K::float(value))));
-        let contribution = K::widen(K::float(on_base - K::widen(K::float(base))));
-        K::float(contribution * K::widen(K::float(weight)))
-    }
-
-    /// The keys that go right at a split: from the threshold up to +∞ (missing included) or up
-    /// to the largest finite value (missing excluded).
+    /// The keys that go right at a split: from the threshold's up to missing's (missing values
+    /// go right) or up to +∞'s (they go left).
     fn interval(threshold: f64, default_left: bool) -> (K, K) {
-        let start = K::of(threshold);
-        let end = if default_left { K::MAX_FINITE } else { K::MISSING };
+        let start = K::threshold(threshold);
+        let end = if default_left { K::INFINITY } else { K::MISSING };
         if start > end { (K::NEVER, K::ZERO) } else { (start, end.wrapping_sub(start)) }
     }
 
-    fn margins(&self, rows: &Rows) -> Vec<f64> {
+    /// Node visits for `n_rows` rows: the work of a batch.
+    fn visits(&self, n_rows: usize) -> usize {
+        n_rows.saturating_mul(self.trees.iter().map(|tree| tree.depth as usize + 1).sum::<usize>())
+    }
+
+    /// Margins `[N × groups]`, split into chunks for `threads` threads if given.
+    fn margins(&self, rows: &Rows, threads: Option<usize>) -> Vec<f64> {
         let n_rows = rows.n_rows();
         let mut sums: Vec<K::Float> = self.base.iter().copied().cycle().take(n_rows * self.n_groups).collect();
-        let visits = n_rows * self.trees.iter().map(|tree| tree.depth as usize + 1).sum::<usize>();
-        if self.threads > 1 && visits >= PARALLEL_MIN_VISITS {
-            let chunk = n_rows.div_ceil(self.threads * 4).next_multiple_of(BLOCK);
+        if let Some(threads) = threads {
+            let chunk = n_rows.div_ceil(threads * 4).next_multiple_of(BLOCK);
             rows.values()
                 .par_chunks(chunk * self.n_features)
                 .zip(sums.par_chunks_mut(chunk * self.n_groups))
@@ -270,7 +295,7 @@ impl<K: Key> Flat<K> {
 
     fn accumulate_with<const ZERO: bool>(&self, values: &[f64], sums: &mut [K::Float]) {
         let width = self.n_features;
-        let zero = K::zero_interval();
+        let zero = K::of(0.0);
         // Keys are made a block at a time, so that they are still in cache for the walk.
         let mut block = Vec::with_capacity(BLOCK * width);
         for (block_values, block_sums) in values.chunks(BLOCK * width).zip(sums.chunks_mut(BLOCK * self.n_groups)) {
@@ -300,19 +325,21 @@ impl<K: Key> Flat<K> {
     /// One step down from `node` for the row starting at `row` in `block`.
     #[inline(always)]
     #[allow(unsafe_code)]
-    fn step<const ZERO: bool>(&self, node: u32, block: &[K], row: usize, zero: (K, K)) -> u32 {
+    fn step<const ZERO: bool>(&self, node: u32, block: &[K], row: usize, zero: K) -> u32 {
         let feature_of = |node: &FlatNode<K>| if ZERO { node.feature & FEATURE } else { node.feature } as usize;
+        debug_assert!((node as usize) < self.nodes.len() && row + self.n_features <= block.len());
         // SAFETY: every `node` is produced by flattening: a split's `next` and `next + 1` and a
         // leaf's self-loop are all below `nodes.len()`. Every feature index is below
-        // `n_features` (validated at load), and `row` starts a whole row of `block`. This is
-        // the innermost loop of tree evaluation, where bounds checks cost a third of the time.
+        // `n_features` (checked by `Forest::validated`, which `ForestPredictor::new` runs), and
+        // `row` starts a whole row of `block`. This is the innermost loop of tree evaluation,
+        // where bounds checks cost a third of the time.
         let (node, key) = unsafe {
             let node = self.nodes.get_unchecked(node as usize);
+            debug_assert!(feature_of(node) < self.n_features);
             (node, *block.get_unchecked(row + feature_of(node)))
         };
-        debug_assert!(feature_of(node) < self.n_features && row + self.n_features <= block.len());
         let mut go_right = key.wrapping_sub(node.start) <= node.span;
-        if ZERO && node.feature & ZERO_IS_MISSING != 0 && key.wrapping_sub(zero.0) <= zero.1 {
+        if ZERO && node.feature & ZERO_IS_MISSING != 0 && key == zero {
             go_right = node.feature & DEFAULT_RIGHT != 0;
         }
         node.next + u32::from(go_right)

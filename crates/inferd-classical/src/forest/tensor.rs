@@ -1,19 +1,20 @@
-//! The tensor engine: a forest as a few matrix products on the model's device (CPU or CUDA),
-//! the GEMM formulation of tree ensembles (as in Hummingbird).
+//! The tensor engine: a forest as gathers and matrix products on the model's device (CPU or
+//! CUDA), the GEMM formulation of tree ensembles (as in Hummingbird).
 //!
 //! With every tree padded to `I` splits and `L` leaves:
-//! 1. `X · A` picks each split's feature value (`A` is a one-hot `[F × trees·I]` matrix), and
-//!    comparing with the thresholds says which way each split sends the row; missing values
-//!    (a mask `M · A`) take the split's default way instead.
+//! 1. Gathering each split's feature from the rows (`[N × trees·I]`) and comparing with the
+//!    thresholds says which way each split sends each row; missing values (a gathered mask)
+//!    take the split's default way instead.
 //! 2. `C` (`[trees × I × L]`) holds +1 where a leaf lies left of a split on its path and −1
 //!    where it lies right; the product with the decisions equals the leaf's count of left turns
 //!    (`D`) exactly for the one leaf the row reaches.
-//! 3. That one-hot leaf choice times the leaf values (`E`, `[trees × L × groups]`), summed over
-//!    trees, is the margin.
+//! 3. That one-hot choice times the leaf values gives each tree's output (`[trees × N]`), and a
+//!    product with the trees' one-hot output groups (`[trees × groups]`) sums them into margins.
 //!
-//! Decisions are exact in either precision for XGBoost (its features are `f32` anyway). For
-//! LightGBM, whose thresholds are `f64`, only `f64` is exact; `f32` compares features rounded
-//! to `f32`.
+//! Decisions are exact in either precision for XGBoost (its features and thresholds are `f32`).
+//! For LightGBM, whose thresholds are `f64`, only `f64` (its default here) is exact; `f32`
+//! compares features rounded to `f32`. Sums run in the device's order, so margins agree with the
+//! library to rounding, not bit for bit.
 
 use candle_core::{DType, Device, Result, Tensor};
 use inferd_core::Rows;
@@ -21,8 +22,13 @@ use inferd_core::Rows;
 use super::{Arithmetic, Forest, Node};
 use crate::engine::Precision;
 
-/// Elements of the widest intermediate (`rows × trees·I`) per chunk of rows.
+/// Elements of the intermediates per chunk of rows (about `rows × trees·(I + L)`).
 const CHUNK_ELEMENTS: usize = 8 << 20;
+/// Largest padded matrix (`trees × I × L`) the engine builds; bigger forests belong on the
+/// native engine.
+const MAX_MATRIX_ELEMENTS: usize = 32 << 20;
+/// LightGBM's `kZeroThreshold` (see the native engine).
+const LIGHTGBM_ZERO: f64 = 1e-35f32 as f64;
 
 pub(super) struct TensorForest {
     device: Device,
@@ -31,18 +37,20 @@ pub(super) struct TensorForest {
     n_features: usize,
     n_trees: usize,
     splits: usize,
+    leaves: usize,
     zero_is_missing: bool,
-    /// `[F × trees·I]` one-hot feature selection.
-    select: Tensor,
-    /// `[trees·I]` thresholds, default-left flags (0/1), zero-is-missing flags (0/1).
+    /// `[trees·I]` feature index of each split (u32), its threshold, its default-left flag
+    /// (0/1) and its zero-is-missing flag (0/1).
+    features: Tensor,
     thresholds: Tensor,
     default_left: Tensor,
     zero_flags: Tensor,
-    /// `[trees × I × L]` path signs, `[trees × 1 × L]` left-turn counts, `[trees × L × groups]`
-    /// leaf values.
+    /// `[trees × I × L]` path signs, `[trees × 1 × L]` left-turn counts, `[trees × L × 1]` leaf
+    /// values, `[trees × groups]` output groups.
     paths: Tensor,
     left_turns: Tensor,
-    leaves: Tensor,
+    leaf_values: Tensor,
+    groups: Tensor,
     base: Tensor,
 }
 
@@ -76,29 +84,48 @@ fn unroll(nodes: &[Node]) -> Unrolled {
 }
 
 impl TensorForest {
-    pub(super) fn new(forest: &Forest, device: &Device, precision: Precision) -> Result<Self> {
-        let dtype = match precision {
-            Precision::F32 => DType::F32,
-            Precision::F64 => DType::F64,
-        };
+    pub(super) fn new(forest: &Forest, device: &Device, precision: Precision) -> std::result::Result<Self, String> {
         let trees: Vec<Unrolled> = forest.trees.iter().map(|tree| unroll(&tree.nodes)).collect();
         let n_trees = trees.len();
         let splits = trees.iter().map(|t| t.splits.len()).max().unwrap_or(0).max(1);
         let leaves = trees.iter().map(|t| t.leaves.len()).max().unwrap_or(1);
+        let padded = n_trees.checked_mul(splits).and_then(|n| n.checked_mul(leaves));
+        if padded.is_none_or(|elements| elements > MAX_MATRIX_ELEMENTS) {
+            return Err(format!(
+                "the forest is too large for the tensor engine ({n_trees} trees of up to {splits} splits and \
+                 {leaves} leaves); use engine = \"native\""
+            ));
+        }
+        Self::build(forest, &trees, splits, leaves, device, precision).map_err(|err| err.to_string())
+    }
+
+    fn build(
+        forest: &Forest,
+        trees: &[Unrolled],
+        splits: usize,
+        leaves: usize,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        let dtype = match precision {
+            Precision::F32 => DType::F32,
+            Precision::F64 => DType::F64,
+        };
+        let n_trees = trees.len();
         let groups = forest.n_groups;
         let columns = n_trees * splits;
-
-        let mut select = vec![0.0; forest.n_features * columns];
+        let mut features = vec![0u32; columns];
         let mut thresholds = vec![0.0; columns];
         let mut default_left = vec![0.0; columns];
         let mut zero_flags = vec![0.0; columns];
         let mut paths = vec![0.0; n_trees * splits * leaves];
         let mut left_turns = vec![-1.0; n_trees * leaves];
-        let mut values = vec![0.0; n_trees * leaves * groups];
+        let mut leaf_values = vec![0.0; n_trees * leaves];
+        let mut tree_groups = vec![0.0; n_trees * groups];
         for (t, (tree, source)) in trees.iter().zip(&forest.trees).enumerate() {
             for (i, &(feature, threshold, left, zero)) in tree.splits.iter().enumerate() {
                 let column = t * splits + i;
-                select[feature as usize * columns + column] = 1.0;
+                features[column] = feature;
                 thresholds[column] = threshold;
                 default_left[column] = f64::from(u8::from(left));
                 zero_flags[column] = f64::from(u8::from(zero));
@@ -108,10 +135,10 @@ impl TensorForest {
                     paths[(t * splits + split) * leaves + l] = if went_left { 1.0 } else { -1.0 };
                 }
                 left_turns[t * leaves + l] = path.iter().filter(|(_, went_left)| *went_left).count() as f64;
-                values[(t * leaves + l) * groups + source.group] = value * source.weight.unwrap_or(1.0);
+                leaf_values[t * leaves + l] = *value;
             }
+            tree_groups[t * groups + source.group] = 1.0;
         }
-        let zero_is_missing = zero_flags.iter().any(|&flag| flag != 0.0);
         let upload = |data: Vec<f64>, shape: &[usize]| -> Result<Tensor> {
             Tensor::from_vec(data, shape, &Device::Cpu)?.to_dtype(dtype)?.to_device(device)
         };
@@ -122,21 +149,24 @@ impl TensorForest {
             n_features: forest.n_features,
             n_trees,
             splits,
-            zero_is_missing,
-            select: upload(select, &[forest.n_features, columns])?,
+            leaves,
+            zero_is_missing: zero_flags.iter().any(|&flag| flag != 0.0),
+            features: Tensor::from_vec(features, columns, device)?,
             thresholds: upload(thresholds, &[columns])?,
             default_left: upload(default_left, &[columns])?,
             zero_flags: upload(zero_flags, &[columns])?,
             paths: upload(paths, &[n_trees, splits, leaves])?,
             left_turns: upload(left_turns, &[n_trees, 1, leaves])?,
-            leaves: upload(values, &[n_trees, leaves, groups])?,
+            leaf_values: upload(leaf_values, &[n_trees, leaves, 1])?,
+            groups: upload(tree_groups, &[n_trees, groups])?,
             base: upload(forest.base_margin.clone(), &[groups])?,
         })
     }
 
     /// Margins `[N × groups]`, in chunks of rows that bound the intermediates' size.
     pub(super) fn margins(&self, rows: &Rows) -> Result<Vec<f64>> {
-        let chunk_rows = (CHUNK_ELEMENTS / (self.n_trees * self.splits)).max(1);
+        let per_row = self.n_trees * (self.splits + self.leaves);
+        let chunk_rows = (CHUNK_ELEMENTS / per_row).max(1);
         let width = self.n_features;
         let mut margins = Vec::new();
         for chunk in rows.values().chunks(chunk_rows * width) {
@@ -146,30 +176,34 @@ impl TensorForest {
     }
 
     fn chunk_margins(&self, values: &[f64], n_rows: usize) -> Result<Vec<f64>> {
-        let shape = (n_rows, self.n_features);
-        let rounded: Vec<f64> = match self.arithmetic {
+        // Read values as the library does: XGBoost rounds to f32, LightGBM reads values within
+        // its zero threshold as zero.
+        let read: Vec<f64> = match self.arithmetic {
             Arithmetic::F32 => values.iter().map(|&v| f64::from(v as f32)).collect(),
-            Arithmetic::F64 => values.to_vec(),
+            Arithmetic::F64 => values.iter().map(|&v| if v.abs() <= LIGHTGBM_ZERO { 0.0 } else { v }).collect(),
         };
-        // NaN would poison the products: zero it and carry "missing" in masks instead.
-        let features: Vec<f64> = rounded.iter().map(|&v| if v.is_nan() { 0.0 } else { v }).collect();
-        let nan_mask: Vec<f64> = rounded.iter().map(|&v| f64::from(u8::from(v.is_nan()))).collect();
-        let upload =
-            |data: Vec<f64>| Tensor::from_vec(data, shape, &Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device);
+        let upload = |data: Vec<f64>| {
+            Tensor::from_vec(data, (n_rows, self.n_features), &Device::Cpu)?
+                .to_dtype(self.dtype)?
+                .to_device(&self.device)
+        };
+        let mask = |test: fn(f64) -> bool| read.iter().map(|&v| f64::from(u8::from(test(v)))).collect::<Vec<f64>>();
 
-        let chosen = upload(features)?.matmul(&self.select)?;
+        // A gather, not a product with a one-hot matrix: NaN and ±∞ stay where they are.
+        let chosen = upload(read.clone())?.index_select(&self.features, 1)?;
         let below = chosen.broadcast_lt(&self.thresholds)?.to_dtype(self.dtype)?;
-        let mut missing = upload(nan_mask)?.matmul(&self.select)?;
+        let mut missing = upload(mask(f64::is_nan))?.index_select(&self.features, 1)?;
         if self.zero_is_missing {
-            let zeros: Vec<f64> = rounded.iter().map(|&v| f64::from(u8::from(v.abs() <= 1e-35))).collect();
-            let zero_missing = upload(zeros)?.matmul(&self.select)?.broadcast_mul(&self.zero_flags)?;
-            missing = (missing + zero_missing)?.clamp(0.0, 1.0)?;
+            let zeros = upload(mask(|v| v == 0.0))?.index_select(&self.features, 1)?.broadcast_mul(&self.zero_flags)?;
+            missing = (missing + zeros)?.clamp(0.0, 1.0)?;
         }
         // Left = default where missing, else the comparison: below + missing · (default − below).
         let go_left = (&below + missing.mul(&self.default_left.broadcast_sub(&below)?)?)?;
         let decisions = go_left.reshape((n_rows, self.n_trees, self.splits))?.transpose(0, 1)?.contiguous()?;
         let reached = decisions.matmul(&self.paths)?.broadcast_eq(&self.left_turns)?.to_dtype(self.dtype)?;
-        let margins = reached.matmul(&self.leaves)?.sum(0)?.broadcast_add(&self.base)?;
+        // [trees × N × 1] → [N × trees] · [trees × groups] → [N × groups].
+        let per_tree = reached.matmul(&self.leaf_values)?.squeeze(2)?.t()?.contiguous()?;
+        let margins = per_tree.matmul(&self.groups)?.broadcast_add(&self.base)?;
         margins.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
     }
 }

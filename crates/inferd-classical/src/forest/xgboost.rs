@@ -129,7 +129,8 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Forest, String> {
         "count:poisson" | "reg:tweedie" | "reg:gamma" => (Objective::Regression(Transform::Exp), num_target),
         "binary:logistic" => (Objective::Binary { scale: 1.0, label_from_margin: false }, 1),
         "binary:logitraw" => (Objective::Binary { scale: 1.0, label_from_margin: true }, 1),
-        "multi:softprob" | "multi:softmax" if num_class >= 2 => (Objective::Multiclass, num_class),
+        "multi:softprob" if num_class >= 2 => (Objective::Multiclass { label_from_margin: false }, num_class),
+        "multi:softmax" if num_class >= 2 => (Objective::Multiclass { label_from_margin: true }, num_class),
         other => return Err(format!("objective '{other}' is not supported")),
     };
     let base_score = parse_base_score(&learner.learner_model_param.base_score)?;
@@ -146,9 +147,11 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Forest, String> {
             let score = score as f32;
             let margin = match objective {
                 Objective::Regression(Transform::Sigmoid) | Objective::Binary { label_from_margin: false, .. } => {
-                    if score.is_nan() || score <= 0.0 || score >= 1.0 {
+                    if score.is_nan() || !(0.0..=1.0).contains(&score) {
                         return Err(format!("base_score {score} is not a probability"));
                     }
+                    // XGBoost 3.1+ accepts 0 and 1, held just inside (0, 1).
+                    let score = score.clamp(1e-6, 1.0 - 1e-6);
                     -(1.0f32 / score - 1.0f32).ln()
                 }
                 Objective::Regression(Transform::Exp) => {
@@ -186,10 +189,13 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Forest, String> {
 
     let mut trees = Vec::with_capacity(model.trees.len());
     for (index, (tree, &group)) in model.trees.iter().zip(&model.tree_info).enumerate() {
-        let nodes = convert_tree(tree, &learner.feature_names, &categorical_features)
+        let mut nodes = convert_tree(tree, &learner.feature_names, &categorical_features)
             .map_err(|reason| format!("tree {index}: {reason}"))?;
-        let weight = weights.as_ref().map(|weights| weights[index]);
-        trees.push(Tree { nodes, group, weight });
+        if let Some(weights) = &weights {
+            apply_dart_weight(&mut nodes, weights[index], base_margin[0])
+                .map_err(|reason| format!("tree {index}: {reason}"))?;
+        }
+        trees.push(Tree { nodes, group });
     }
     let feature_names = (learner.feature_names.len() == n_features).then_some(learner.feature_names);
     Ok(Forest {
@@ -203,6 +209,22 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Forest, String> {
         feature_names,
         platform: "inferd_xgboost",
     })
+}
+
+/// Folds a DART tree weight into the leaves, rounding as XGBoost's DART prediction does: each
+/// tree is predicted on top of the first output's base margin, the base taken away again, and
+/// the difference scaled by the weight, all in `f32`.
+fn apply_dart_weight(nodes: &mut [Node], weight: f64, base: f64) -> Result<(), String> {
+    if !weight.is_finite() {
+        return Err(format!("DART weight {weight} is not a finite number"));
+    }
+    let (weight, base) = (weight as f32, base as f32);
+    for node in nodes {
+        if let Node::Leaf(value) = node {
+            *value = f64::from((base + *value as f32 - base) * weight);
+        }
+    }
+    Ok(())
 }
 
 fn convert_tree(tree: &TreeJson, feature_names: &[String], categorical: &[usize]) -> Result<Vec<Node>, String> {
@@ -235,8 +257,9 @@ fn convert_tree(tree: &TreeJson, feature_names: &[String], categorical: &[usize]
             let (Some(left), Some(right)) = (index(tree.left_children[i]), index(tree.right_children[i])) else {
                 return Err(format!("node {i} has a child out of range"));
             };
+            let feature = u32::try_from(feature).map_err(|_| format!("node {i} splits on feature {feature}"))?;
             Ok(Node::Split {
-                feature: feature as u32,
+                feature,
                 // Thresholds are f32 in XGBoost; the file holds their decimal form.
                 threshold: f64::from(tree.split_conditions[i] as f32),
                 default_left: tree.default_left[i].is_set(),
