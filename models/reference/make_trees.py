@@ -35,6 +35,32 @@ held-out rows are set to NaN, so the trees learn default directions and the gold
 exercise them. The golden rows are all held-out rows plus three special rows: all NaN,
 all zeros, and the first held-out row (before masking) with every odd-indexed feature NaN.
 
+Edge rows follow them, derived from the saved model file and the "base row" (the first
+held-out row before masking), in two groups:
+
+  1. Split thresholds. The numerical splits' distinct (feature, threshold) pairs, in model
+     order (tree by tree, node by node; first appearance), k = min(24, n) of the n pairs
+     evenly spaced (indices i * (n - 1) // (k - 1), i < k). For each, three rows: the base
+     row with that feature at exactly the threshold as the library stores it, at the next
+     float above it and at the next float below it. XGBoost: the float32 split_condition
+     (x < t goes left, compared in float32) and its float32 neighbours (np.nextafter on
+     float32), written as the float64 of that float32. LightGBM: the float64 threshold
+     (x <= t goes left) and its float64 neighbours. Categorical splits are left out.
+  2. Special values: 0.0, -0.0, 1e-36, -1e-36, 1e-35, -1e-35, +-1.0000000180025095e-35
+     (LightGBM's kZeroThreshold, 1e-35f, as a float64) and 5e-324; for XGBoost models also
+     1e39 and -1e39 (finite in float64, +-inf in XGBoost's float32), except for
+     xgb-categorical, whose DMatrix refuses them ("Input data contains `inf` or a value too
+     large"; inplace_predict takes them). With S values (S = 9 or 11, odd) in this order:
+     S rows where feature j of row r holds value number (r + j) mod S (every feature
+     special), then 2S rows that are the base row with the same assignment only where
+     r + j is even. Each of the two blocks puts every special value at every feature position.
+
+So every golden file has 3 * min(24, distinct numerical splits) + 3 * S edge rows after the
+data rows. LightGBM reads a finite value with |x| <= kZeroThreshold as 0.0 for every
+missing type (its dense-row input drops such values), so tiny values route like zeros there,
+and a Zero-type split sends them its default way; XGBoost reads values as float32 (5e-324
+becomes 0, 1e-36 stays) and has no such rule.
+
 Golden file format (tests/golden/<name>.json), as for the linear models, plus the path
 of the model file relative to the repository root:
 
@@ -67,10 +93,11 @@ only the class, so its probabilities are softmax(margin); both computed in float
 For lgb-rf (average_output), "notes" records that LightGBM's raw_score is the plain sum
 over the trees, while its predict() averages that sum before the sigmoid.
 
-After writing each model the script loads the saved model file again, predicts the golden
-rows (null -> NaN) and checks that every output is bitwise equal to the golden file, then
+After writing each model the script loads the saved model file again, reads the golden
+inputs back (null -> NaN; they must be bitwise equal to the rows predicted, -0.0 included),
+predicts them and checks that every output is bitwise equal to the golden file, then
 prints a one-line summary: trees, max depth, XGBoost's base_score or LightGBM's
-objective line and the distinct decision_type values.
+objective line, the distinct decision_type values and the golden row counts per group.
 
 Run from the repository root (see README.md for the venvs):
 
@@ -160,7 +187,8 @@ DATASETS = {
 class Data:
     X_train: np.ndarray
     y_train: np.ndarray
-    X_golden: np.ndarray
+    X_golden: np.ndarray   # the held-out rows (masked) and the three special rows
+    base_row: np.ndarray   # the first held-out row before masking: the base of the edge rows
 
 
 def with_missing(X, rng):
@@ -186,7 +214,7 @@ def dataset(name):
     rng = np.random.default_rng(MISSING_SEED)
     X_train = with_missing(X_train, rng)
     X_golden = np.vstack([with_missing(X_test, rng), special_rows(X_test[0])])
-    return Data(X_train, y_train, X_golden)
+    return Data(X_train, y_train, X_golden, X_test[0].copy())
 
 
 # --- models -----------------------------------------------------------------------------
@@ -315,6 +343,106 @@ def load(model):
         booster.set_param({"nthread": THREADS})
         return booster
     return lightgbm.Booster(model_file=str(model.path))
+
+
+# --- edge rows --------------------------------------------------------------------------
+
+MAX_SPLITS = 24  # split thresholds per model that get edge rows
+
+# LightGBM's kZeroThreshold is 1e-35f: as a float64, 1.0000000180025095e-35.
+LIGHTGBM_ZERO = float(np.float32(1e-35))
+SPECIAL_VALUES = [0.0, -0.0, 1e-36, -1e-36, 1e-35, -1e-35, LIGHTGBM_ZERO, -LIGHTGBM_ZERO, 5e-324]
+# Finite in float64, beyond float32: XGBoost's float32 view of them is +-inf. Only for
+# XGBoost models predicted with inplace_predict: a DMatrix (the categorical model) refuses
+# them ("Input data contains `inf` or a value too large, while `missing` is not set to `inf`").
+BEYOND_FLOAT32 = [1e39, -1e39]
+
+
+def xgb_numerical_splits(path):
+    """(feature, threshold) of every numerical split, tree by tree, node by node.
+
+    The threshold is the float32 split_condition (the JSON text is that float32's decimal)."""
+    booster = json.loads(path.read_text())["learner"]["gradient_booster"]
+    trees = (booster["gbtree"] if booster["name"] == "dart" else booster)["model"]["trees"]
+    splits = []
+    for tree in trees:
+        split_types = tree.get("split_type") or [0] * len(tree["left_children"])
+        for node, left in enumerate(tree["left_children"]):
+            if left != -1 and split_types[node] == 0:
+                written = tree["split_conditions"][node]
+                threshold = np.float32(written)
+                # The text is that float32's shortest decimal: nothing was lost or rounded.
+                assert float(np.format_float_scientific(threshold, unique=True)) == written, written
+                splits.append((tree["split_indices"][node], threshold))
+    return splits
+
+
+def lgb_numerical_splits(path):
+    """(feature, threshold) of every numerical split, tree by tree, node by node.
+
+    The threshold is LightGBM's float64 (the text format writes it with 17 digits)."""
+    splits = []
+    for tree in lgb_trees(path):
+        if "split_feature" not in tree:
+            continue
+        features = [int(v) for v in tree["split_feature"].split()]
+        thresholds = [float(v) for v in tree["threshold"].split()]
+        decision_types = [int(v) for v in tree["decision_type"].split()]
+        splits += [(f, np.float64(t)) for f, t, d in zip(features, thresholds, decision_types) if not d & 1]
+    return splits
+
+
+def chosen_splits(model):
+    """Up to MAX_SPLITS of the model's distinct (feature, threshold) pairs, evenly spaced over
+    them in model order (first appearance)."""
+    numerical_splits = xgb_numerical_splits if model.library == "xgboost" else lgb_numerical_splits
+    distinct = {}  # keyed by the threshold's bits: 0.0 and -0.0 are different thresholds
+    for feature, threshold in numerical_splits(model.path):
+        distinct.setdefault((int(feature), threshold.tobytes()), (int(feature), threshold))
+    distinct = list(distinct.values())
+    k = min(MAX_SPLITS, len(distinct))
+    picks = [0] if k == 1 else [i * (len(distinct) - 1) // (k - 1) for i in range(k)]
+    return [distinct[i] for i in picks]
+
+
+def threshold_rows(model, base_row):
+    """For each chosen split: the base row with that feature at the threshold, at the next
+    float above and at the next float below it (float32 steps for XGBoost, float64 for
+    LightGBM: the precision each library compares in)."""
+    rows = []
+    for feature, threshold in chosen_splits(model):
+        for value in (threshold, np.nextafter(threshold, threshold.dtype.type(np.inf)),
+                      np.nextafter(threshold, threshold.dtype.type(-np.inf))):
+            row = base_row.copy()
+            row[feature] = float(value)
+            rows.append(row)
+    return np.array(rows).reshape(-1, len(base_row))
+
+
+def special_values(model):
+    if model.library == "xgboost" and not model.categorical:
+        return SPECIAL_VALUES + BEYOND_FLOAT32
+    return SPECIAL_VALUES
+
+
+def special_value_rows(model, base_row):
+    """The special values cycled through the feature positions. With S values: S rows where
+    row r has value number (r + j) mod S at feature j (every feature special), then 2S rows
+    that are the base row with the same assignment only where r + j is even. S is odd (9 or
+    11), so each block puts every value at every feature position."""
+    values = special_values(model)
+    count, n_features = len(values), len(base_row)
+    assert count % 2 == 1, "an odd count puts every value at every position in the half block"
+    full = [[values[(r + j) % count] for j in range(n_features)] for r in range(count)]
+    half = [[values[(r + j) % count] if (r + j) % 2 == 0 else base_row[j] for j in range(n_features)]
+            for r in range(2 * count)]
+    return np.array(full + half, dtype=np.float64)
+
+
+def edge_rows(model):
+    """Rows derived from the saved model: split thresholds and special values."""
+    base_row = dataset(model.data).base_row
+    return np.vstack([threshold_rows(model, base_row), special_value_rows(model, base_row)])
 
 
 # --- outputs ----------------------------------------------------------------------------
@@ -462,10 +590,17 @@ def rows_from_json(rows):
     return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
 
 
-def self_check(model, golden_path):
-    """Predict the golden rows again from the saved model file; outputs must be bitwise equal."""
+def bitwise(X):
+    return np.ascontiguousarray(X, dtype=np.float64).view(np.uint64)
+
+
+def self_check(model, golden_path, X_written):
+    """Predict the golden rows again from the saved model file; outputs must be bitwise equal.
+
+    The inputs read back must be bitwise equal to the rows predicted (-0.0, 5e-324, ...)."""
     golden = json.loads(golden_path.read_text())
     X = rows_from_json(golden["inputs"])
+    assert np.array_equal(bitwise(X), bitwise(X_written)), f"{model.name}: inputs do not read back bitwise"
     again = outputs(model, load(model), X)
     assert again.keys() == golden["outputs"].keys(), f"{model.name}: output names differ"
     for key, expected in golden["outputs"].items():
@@ -475,7 +610,7 @@ def self_check(model, golden_path):
         else:
             expected = np.array(expected, dtype=np.float64)
             assert ours.shape == expected.shape, f"{model.name}.{key}: shape {ours.shape} != {expected.shape}"
-            assert np.array_equal(ours.view(np.uint64), expected.view(np.uint64)), (
+            assert np.array_equal(bitwise(ours), bitwise(expected)), (
                 f"{model.name}.{key}: not bitwise equal to the golden file"
             )
     return len(X)
@@ -491,7 +626,9 @@ def build(model):
         reference["derived"] = model.derived
     if model.notes:
         reference["notes"] = model.notes
-    X = dataset(model.data).X_golden
+    X_rows = dataset(model.data).X_golden
+    X_edge = edge_rows(model)
+    X = np.vstack([X_rows, X_edge])
     golden = {
         "model": model.name,
         "model_file": model.path.relative_to(REPO_ROOT).as_posix(),
@@ -501,10 +638,12 @@ def build(model):
     }
     golden_path = REPO_ROOT / "tests" / "golden" / f"{model.name}.json"
     golden_path.write_text(to_json(golden) + "\n")
-    rows = self_check(model, golden_path)
+    rows = self_check(model, golden_path, X)
     size = model.path.stat().st_size
     print(f"{model.name}: {model.library} {library.__version__} {model.params['objective']}, "
-          f"{summarize(model)}; {size / 1024:.1f} KiB; {rows} golden rows bitwise equal")
+          f"{summarize(model)}; {size / 1024:.1f} KiB; {rows} golden rows bitwise equal "
+          f"({len(X_rows)} data, {len(X_edge)} edge: {len(X_edge) - 3 * len(special_values(model))} "
+          f"threshold, {3 * len(special_values(model))} special-value)")
 
 
 def main():

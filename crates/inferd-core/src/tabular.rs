@@ -158,8 +158,9 @@ pub struct TabularSchema {
     pub feature_names: Option<Vec<String>>,
     /// Every output the model produces, in the order `predict` returns them.
     pub outputs: Vec<OutputSpec>,
-    /// Whether `NaN` inputs are accepted as missing values; if not, they are a 400.
-    pub accepts_missing: bool,
+    /// Whether non-finite inputs are valid, as tree libraries read them (`NaN` is a missing
+    /// value, ±∞ compares as itself); if not, they are a 400.
+    pub accepts_non_finite: bool,
 }
 
 impl TabularSchema {
@@ -175,18 +176,12 @@ impl TabularSchema {
         if rows.n_rows() == 0 {
             return Err(InferError::InvalidInput("the input has no rows".into()));
         }
-        if let Some(position) = rows.values().iter().position(|v| v.is_infinite()) {
-            return Err(InferError::InvalidInput(format!(
-                "row {} feature {} is infinite",
-                position / self.n_features,
-                position % self.n_features
-            )));
-        }
-        if !self.accepts_missing
-            && let Some(position) = rows.values().iter().position(|v| v.is_nan())
+        if !self.accepts_non_finite
+            && let Some(position) = rows.values().iter().position(|v| !v.is_finite())
         {
+            let what = if rows.values()[position].is_nan() { "missing (NaN)" } else { "infinite" };
             return Err(InferError::InvalidInput(format!(
-                "row {} feature {} is missing (NaN), and this model does not accept missing values",
+                "row {} feature {} is {what}, and this model takes only finite values",
                 position / self.n_features,
                 position % self.n_features
             )));
@@ -303,7 +298,7 @@ mod tests {
                 n_features: 2,
                 feature_names: None,
                 outputs: vec![],
-                accepts_missing: false,
+                accepts_non_finite: false,
             }
         }
 
@@ -338,7 +333,9 @@ mod tests {
         let missing = Rows::new(2, 2, vec![0.0, 0.0, 0.0, f64::NAN]).unwrap();
         assert!(schema.validate(&missing).unwrap_err().to_string().contains("row 1 feature 1 is missing"));
         let infinite = Rows::new(1, 2, vec![f64::INFINITY, 0.0]).unwrap();
-        assert!(schema.validate(&infinite).is_err());
+        assert!(schema.validate(&infinite).unwrap_err().to_string().contains("infinite"));
+        let trees = TabularSchema { accepts_non_finite: true, ..schema };
+        assert!(trees.validate(&infinite).is_ok() && trees.validate(&missing).is_ok());
         assert!(Rows::new(2, 2, vec![0.0; 3]).is_err());
     }
 }

@@ -193,7 +193,7 @@ impl Forest {
             n_features: self.n_features,
             feature_names: self.feature_names.clone(),
             outputs,
-            accepts_missing: true,
+            accepts_non_finite: true,
         }
     }
 

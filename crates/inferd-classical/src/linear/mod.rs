@@ -251,7 +251,7 @@ impl LinearModel {
             n_features: self.n_features,
             feature_names: self.feature_names.clone(),
             outputs,
-            accepts_missing: false,
+            accepts_non_finite: false,
         }
     }
 

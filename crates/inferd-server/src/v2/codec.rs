@@ -177,7 +177,7 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Infer
             ));
         }
     };
-    let json = nan_as_null(json);
+    let json = non_finite_tokens(json);
     let request: RequestJson =
         serde_json::from_slice(&json).map_err(|err| format!("the request is not a valid inference request: {err}"))?;
     let binary_output = bool_parameter(&request.parameters, "binary_data_output")?.unwrap_or(false);
@@ -207,33 +207,45 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>) -> Result<Infer
     Ok(InferRequest { id: request.id, inputs, outputs, binary_output, timeout_us })
 }
 
-/// JSON has no NaN, but tritonclient (through rapidjson) writes missing values as a bare `NaN`
-/// token, as Triton accepts. Rewrites such tokens outside strings to `null`, which the tensor
-/// decoder reads as NaN; returns the body unchanged (and uncopied) when there are none.
-fn nan_as_null(json: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if !json.windows(3).any(|window| window == b"NaN") {
+/// JSON has no NaN or infinities, but tritonclient (through rapidjson) writes them as bare
+/// `NaN`, `Infinity` and `-Infinity` tokens, as Triton accepts. Rewrites such tokens outside
+/// strings to `null` and to the strings `"Infinity"` and `"-Infinity"`, which the tensor decoder
+/// reads back; returns the body unchanged (and uncopied) when there are none.
+fn non_finite_tokens(json: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let mentions = |token: &[u8]| json.windows(token.len()).any(|window| window == token);
+    if !mentions(b"NaN") && !mentions(b"Infinity") {
         return std::borrow::Cow::Borrowed(json);
     }
     let mut out = Vec::with_capacity(json.len() + 16);
     let (mut in_string, mut escaped) = (false, false);
     let mut index = 0;
     while index < json.len() {
-        let byte = json[index];
+        let rest = &json[index..];
         if in_string {
-            match (escaped, byte) {
+            match (escaped, rest[0]) {
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
                 (false, b'"') => in_string = false,
                 _ => {}
             }
-        } else if byte == b'"' {
-            in_string = true;
-        } else if json[index..].starts_with(b"NaN") {
-            out.extend_from_slice(b"null");
-            index += 3;
-            continue;
+        } else {
+            let replacement: Option<(&[u8], usize)> = if rest.starts_with(b"NaN") {
+                Some((b"null", 3))
+            } else if rest.starts_with(b"Infinity") {
+                Some((b"\"Infinity\"", 8))
+            } else if rest.starts_with(b"-Infinity") {
+                Some((b"\"-Infinity\"", 9))
+            } else {
+                in_string = rest[0] == b'"';
+                None
+            };
+            if let Some((text, skip)) = replacement {
+                out.extend_from_slice(text);
+                index += skip;
+                continue;
+            }
         }
-        out.push(byte);
+        out.push(rest[0]);
         index += 1;
     }
     std::borrow::Cow::Owned(out)
@@ -436,6 +448,12 @@ fn json_number(value: &Value, datatype: DataType) -> Option<f64> {
             };
             match value {
                 Value::Null => Some(f64::NAN),
+                Value::String(text) => match text.as_str() {
+                    "NaN" => Some(f64::NAN),
+                    "Infinity" => Some(f64::INFINITY),
+                    "-Infinity" => Some(f64::NEG_INFINITY),
+                    _ => None,
+                },
                 _ => value.as_f64().filter(|v| v.abs() <= largest),
             }
         }

@@ -143,7 +143,7 @@ fn metadata(model: &ServedModel) -> Value {
                     "engine": model.engine,
                     "default_outputs": defaults,
                     "feature_names": schema.feature_names,
-                    "accepts_missing_values": schema.accepts_missing,
+                    "accepts_non_finite_values": schema.accepts_non_finite,
                     "max_batch_size": service.policy().max_batch_size,
                 },
             })
