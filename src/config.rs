@@ -17,9 +17,10 @@
 
 use std::path::{Path, PathBuf};
 
-use inferd_classical::{Engine, EngineOptions, Precision};
-use inferd_core::{BatchPolicy, DeviceSpec};
+use inferd_classical::EngineOptions;
+use inferd_core::{BatchPolicy, DeviceSpec, Engine, Precision};
 use inferd_server::ServerSettings;
+use inferd_transformers::{EmbeddingOptions, ModelSource};
 use serde::Deserialize;
 
 /// The bundled default configuration, relative to the working directory.
@@ -47,6 +48,9 @@ pub enum ModelKind {
     Xgboost,
     /// A LightGBM text model (`booster.save_model("model.txt")`).
     Lightgbm,
+    /// A sentence-transformers embedding model: a folder in the Hugging Face layout, or a hub
+    /// repository `hf:org/name[@revision]`.
+    Embedding,
 }
 
 /// One model to serve.
@@ -57,18 +61,20 @@ pub struct ModelConfig {
     pub name: String,
     /// The model family.
     pub kind: ModelKind,
-    /// The model file; relative paths are relative to the configuration file.
+    /// The model file or folder; relative paths are relative to the configuration file. For
+    /// embedding models, `hf:org/name[@revision]` names a Hugging Face hub repository instead.
     pub path: PathBuf,
     /// Where it runs: `auto` (the default), `cpu`, `cuda` or `cuda:N`.
     #[serde(default)]
     pub device: DeviceSpec,
-    /// Which evaluator computes it (classical models); default per device.
+    /// Which engine computes it (`native` or `tensor`); default per device.
     #[serde(default)]
     pub engine: Option<Engine>,
-    /// The tensor evaluator's precision (classical models); default per device.
+    /// The tensor engine's precision (`f64`, `f32`; `f16` for embedding models on CUDA);
+    /// default per device and model family.
     #[serde(default)]
     pub precision: Option<Precision>,
-    /// Most threads the native tree engine uses for one large batch; default every core.
+    /// Most threads the native engines use for one batch; default every core.
     #[serde(default)]
     pub threads: Option<usize>,
     /// How its batches form.
@@ -94,6 +100,11 @@ impl ModelConfig {
     /// The classical engine options.
     pub fn engine_options(&self) -> EngineOptions {
         EngineOptions { engine: self.engine, precision: self.precision, threads: self.threads }
+    }
+
+    /// The embedding engine options.
+    pub fn embedding_options(&self) -> EmbeddingOptions {
+        EmbeddingOptions { engine: self.engine, precision: self.precision, threads: self.threads }
     }
 }
 
@@ -130,7 +141,8 @@ impl Config {
             .map_err(|err| ConfigError::Parse { path: path.to_path_buf(), message: err.to_string() })?;
         let base = path.parent().unwrap_or(Path::new(""));
         for model in &mut config.models {
-            if model.path.is_relative() {
+            let hub = model.path.to_str().is_some_and(ModelSource::is_hub);
+            if model.path.is_relative() && !hub {
                 model.path = base.join(&model.path);
             }
         }

@@ -6,8 +6,10 @@
 //!
 //! The parts, one crate each:
 //! - [`core`]: devices, the dynamic batcher, the model registry, metrics;
-//! - [`classical`]: linear and logistic regression;
-//! - [`server`]: the HTTP API.
+//! - [`classical`]: linear and logistic regression, XGBoost and LightGBM trees;
+//! - [`transformers`]: tokenizers, model sources (folders, the Hugging Face hub), sentence
+//!   embeddings;
+//! - [`server`]: the HTTP APIs (Open Inference Protocol, OpenAI-compatible).
 
 pub mod config;
 pub mod load;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 pub use inferd_classical as classical;
 pub use inferd_core as core;
 pub use inferd_server as server;
+pub use inferd_transformers as transformers;
 
 use config::{Config, ConfigError};
 use std::collections::HashMap;

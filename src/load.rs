@@ -2,7 +2,10 @@
 //! engine, and starting its batcher.
 
 use inferd_classical::{Forest, ForestPredictor, LinearModel, LinearPredictor};
-use inferd_core::{Device, Metrics, ModelTask, ServedModel, TabularModel, TabularService, device_name};
+use inferd_core::{
+    Device, EmbeddingService, Metrics, ModelTask, ServedModel, TabularModel, TabularService, device_name,
+};
+use inferd_transformers::{ModelSource, load_embedding};
 
 use crate::config::{ModelConfig, ModelKind};
 
@@ -16,6 +19,7 @@ pub fn load_model(config: &ModelConfig, device: &Device, metrics: &Metrics) -> R
             let engine = predictor.engine();
             (Box::new(predictor), engine)
         }
+        ModelKind::Embedding => return load_embedding_model(config, device, metrics),
         ModelKind::Xgboost | ModelKind::Lightgbm => {
             let forest = if config.kind == ModelKind::Xgboost {
                 Forest::load_xgboost(&config.path)
@@ -35,5 +39,28 @@ pub fn load_model(config: &ModelConfig, device: &Device, metrics: &Metrics) -> R
         device: device_name(device),
         engine: engine.name().to_string(),
         task: ModelTask::Tabular(service),
+    })
+}
+
+/// Loads a sentence-transformers model (a folder or a hub repository), checks and warms it on
+/// its device, and starts its batcher.
+fn load_embedding_model(config: &ModelConfig, device: &Device, metrics: &Metrics) -> Result<ServedModel, String> {
+    let text = config.path.to_string_lossy();
+    let source = ModelSource::parse(&text).map_err(|err| err.to_string())?;
+    let loaded = load_embedding(&source, device, config.embedding_options()).map_err(|err| err.to_string())?;
+    let engine = format!("{} ({})", loaded.engine.name(), loaded.precision.name());
+    let service = EmbeddingService::start(
+        &config.name,
+        loaded.info,
+        loaded.encoder,
+        loaded.model,
+        config.batching.clone(),
+        metrics.batcher(&config.name),
+    )?;
+    Ok(ServedModel {
+        name: config.name.clone(),
+        device: device_name(device),
+        engine,
+        task: ModelTask::Embedding(service),
     })
 }

@@ -91,7 +91,7 @@ async fn serve_without_arguments_serves_the_bundled_models() {
     let address = address.expect("the server logs its address");
     let client = reqwest::Client::new();
     let mut ready = Value::Null;
-    for _ in 0..500 {
+    for _ in 0..3000 {
         ready = client.get(format!("http://{address}/v2/health/ready")).send().await.unwrap().json().await.unwrap();
         if ready["ready"] == true {
             break;
@@ -99,7 +99,9 @@ async fn serve_without_arguments_serves_the_bundled_models() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let models = ready["models"].as_object().unwrap();
-    assert_eq!(models.len(), 9, "{ready}");
+    // The tabular models and the fetched embedding model.
+    assert_eq!(models.len(), common::BUNDLED.len() + 1, "{ready}");
+    assert!(models.contains_key("all-minilm-l6-v2"), "{ready}");
     assert!(models.values().all(|state| state == "ready"), "{ready}");
     child.kill().unwrap();
     child.wait().unwrap();

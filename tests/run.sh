@@ -2,12 +2,16 @@
 # The one command that runs every test of inferd:
 #   1. cargo's tests: unit tests, golden tests against the reference libraries' outputs, and
 #      end-to-end tests that start the real binary and talk HTTP to it;
-#   2. the official clients against the real server: NVIDIA's tritonclient (Python), installed
-#      with pinned versions into target/py-venv.
+#   2. the official clients against the real server: NVIDIA's tritonclient and OpenAI's openai
+#      (Python), installed with pinned versions into target/py-venv.
+# The models that are not committed (all-MiniLM-L6-v2) are fetched first by models/fetch-models.sh.
 # Needs only cargo and python3 (with venv and pip); everything else is installed here.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+
+echo "== models" >&2
+bash models/fetch-models.sh
 
 echo "== cargo test" >&2
 cargo test --workspace --all-targets

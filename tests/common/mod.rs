@@ -28,7 +28,15 @@ pub fn bundled_model(name: &str, extra: &str) -> String {
     format!("[[models]]\nname = \"{name}\"\nkind = \"{kind}\"\npath = \"{}\"\n{extra}\n", path.display())
 }
 
-/// Every bundled model.
+/// A `[[models]]` entry for the embedding model `models/fetch-models.sh` fetches, with extra
+/// TOML lines.
+pub fn embedding_model(extra: &str) -> String {
+    let path = repo().join("models/all-minilm-l6-v2");
+    assert!(path.join("model.safetensors").is_file(), "{} is missing: run models/fetch-models.sh", path.display());
+    format!("[[models]]\nname = \"all-minilm-l6-v2\"\nkind = \"embedding\"\npath = \"{}\"\n{extra}\n", path.display())
+}
+
+/// Every bundled tabular model.
 pub const BUNDLED: [&str; 9] = [
     "iris-logistic",
     "breast-cancer-logistic",
@@ -62,6 +70,11 @@ impl Server {
     /// Starts `inferd serve` with this configuration (a `[server]` table is added for the port
     /// unless `server` is given) and extra arguments, without waiting for readiness.
     pub fn spawn(models: &str, server: &str, args: &[&str]) -> Server {
+        Server::spawn_with_env(models, server, args, &[])
+    }
+
+    /// Like [`Server::spawn`], with extra environment variables for the process.
+    pub fn spawn_with_env(models: &str, server: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("inferd.toml");
         std::fs::write(&config, format!("[server]\n{server}\n\n{models}")).unwrap();
@@ -75,6 +88,7 @@ impl Server {
             .args(args)
             .env_remove("INFERD_DEVICE")
             .env("INFERD_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -135,6 +149,11 @@ impl Server {
 
     pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.client.post(self.url(path)).body(body).send().await.unwrap()
+    }
+
+    /// Posts a JSON body.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client.post(self.url(path)).json(body).send().await.unwrap()
     }
 
     /// Everything the server logged so far.

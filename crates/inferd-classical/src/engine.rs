@@ -1,29 +1,12 @@
 //! Which evaluator runs a classical model, and in what precision.
+//!
+//! [`Engine::Native`] runs in the reference library's own arithmetic (`f64` for linear models and
+//! LightGBM, `f32` for XGBoost): the library's answers to the last bit. [`Engine::Tensor`] runs
+//! on candle, on the CPU or CUDA.
 
 use inferd_core::Device;
+pub use inferd_core::{Engine, Precision};
 use serde::Deserialize;
-
-/// The evaluator that computes a classical model's outputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Engine {
-    /// Plain Rust on the CPU, in the reference library's own arithmetic (`f64` for linear models
-    /// and LightGBM, `f32` for XGBoost): lowest latency, and the library's answers to the last
-    /// bit. The default on the CPU.
-    Native,
-    /// candle tensors on the model's device (CPU or CUDA). The default on CUDA.
-    Tensor,
-}
-
-/// Floating-point precision of the tensor engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// 32-bit: fast on every GPU. The default on CUDA.
-    F32,
-    /// 64-bit: matches reference libraries most closely. The default on the CPU.
-    F64,
-}
 
 /// A model's engine settings as configured; unset fields take the device's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -38,21 +21,15 @@ pub struct EngineOptions {
 }
 
 impl EngineOptions {
-    /// The engine and precision to use on `device`.
-    pub fn resolve(&self, device: &Device) -> (Engine, Precision) {
+    /// The engine and precision to use on `device`. Classical models compute in `f32` (the
+    /// default on CUDA) or `f64` (the default on the CPU); `f16` is refused.
+    pub fn resolve(&self, device: &Device) -> Result<(Engine, Precision), String> {
         let on_gpu = !device.is_cpu();
         let engine = self.engine.unwrap_or(if on_gpu { Engine::Tensor } else { Engine::Native });
         let precision = self.precision.unwrap_or(if on_gpu { Precision::F32 } else { Precision::F64 });
-        (engine, precision)
-    }
-}
-
-impl Engine {
-    /// The name used in configuration and metadata.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Native => "native",
-            Self::Tensor => "tensor",
+        if precision == Precision::F16 {
+            return Err("classical models compute in f32 or f64, not f16".into());
         }
+        Ok((engine, precision))
     }
 }

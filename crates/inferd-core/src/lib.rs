@@ -2,10 +2,13 @@
 //! model registry and readiness, error kinds, and metric handles.
 //!
 //! This crate knows nothing of HTTP or of model file formats: protocol adapters
-//! (`inferd-server`) sit above it, model families (`inferd-classical`) implement its traits.
+//! (`inferd-server`) sit above it, model families (`inferd-classical`, `inferd-transformers`)
+//! implement its traits.
 
 pub mod batcher;
 pub mod device;
+pub mod embedding;
+pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod registry;
@@ -13,6 +16,8 @@ pub mod tabular;
 
 pub use batcher::{BatchItem, BatchModel, BatchPolicy, BatchStats, Batcher, Completed};
 pub use device::{Device, DeviceError, DeviceSpec, device_name};
+pub use embedding::{EmbeddingInfo, EmbeddingModel, EmbeddingService, TextEncoder, TextInput, TokenizedInputs};
+pub use engine::{Engine, Precision};
 pub use error::InferError;
 pub use metrics::{BatchMetrics, Metrics};
 pub use registry::{ModelRegistry, ModelStatus, ModelTask, ServedModel};

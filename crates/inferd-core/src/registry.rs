@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
+use crate::embedding::EmbeddingService;
 use crate::error::InferError;
 use crate::metrics::Metrics;
 use crate::tabular::TabularService;
@@ -15,6 +16,8 @@ use crate::tabular::TabularService;
 pub enum ModelTask {
     /// Rows of features in, predictions out.
     Tabular(TabularService),
+    /// Texts in, one vector per text out.
+    Embedding(EmbeddingService),
 }
 
 /// A loaded model, ready to serve.
@@ -34,6 +37,15 @@ impl ServedModel {
     pub fn tabular(&self) -> Option<&TabularService> {
         match &self.task {
             ModelTask::Tabular(service) => Some(service),
+            ModelTask::Embedding(_) => None,
+        }
+    }
+
+    /// The embedding service, when this is an embedding model.
+    pub fn embedding(&self) -> Option<&EmbeddingService> {
+        match &self.task {
+            ModelTask::Embedding(service) => Some(service),
+            ModelTask::Tabular(_) => None,
         }
     }
 
@@ -41,6 +53,7 @@ impl ServedModel {
     pub fn close(&self) {
         match &self.task {
             ModelTask::Tabular(service) => service.close(),
+            ModelTask::Embedding(service) => service.close(),
         }
     }
 }

@@ -2,32 +2,39 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use inferd_core::{Metrics, ModelRegistry};
+use inferd_core::{BatchStats, Metrics, ModelRegistry};
 
 use crate::error::V2Error;
 use crate::settings::ServerSettings;
-use crate::v2;
+use crate::{openai, v2};
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub(crate) registry: Arc<ModelRegistry>,
     pub(crate) settings: Arc<ServerSettings>,
+    /// When the server started, as OpenAI's model listing reports it.
+    pub(crate) started: SystemTime,
     draining: Arc<AtomicBool>,
 }
 
 impl AppState {
     /// State over `registry`'s models.
     pub fn new(registry: Arc<ModelRegistry>, settings: ServerSettings) -> Self {
-        Self { registry, settings: Arc::new(settings), draining: Arc::new(AtomicBool::new(false)) }
+        Self {
+            registry,
+            settings: Arc::new(settings),
+            started: SystemTime::now(),
+            draining: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// The models served.
@@ -54,11 +61,35 @@ impl AppState {
 #[derive(Clone)]
 pub(crate) struct ModelLabel(pub(crate) String);
 
+/// Attaches the model label for metrics, when the name is a configured model.
+pub(crate) fn labelled(state: &AppState, name: &str, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    if state.registry.contains(name) {
+        response.extensions_mut().insert(ModelLabel(name.to_string()));
+    }
+    response
+}
+
+/// Makes batching observable per request: `Server-Timing` with the queue and compute stages in
+/// milliseconds, and `inferd-batch-size` with the items in the batch that answered it.
+pub(crate) fn insert_batch_headers(headers: &mut HeaderMap, stats: &BatchStats) {
+    let timing = format!(
+        "queue;dur={:.3}, compute;dur={:.3}",
+        stats.queue_time.as_secs_f64() * 1e3,
+        stats.compute_time.as_secs_f64() * 1e3
+    );
+    if let Ok(value) = HeaderValue::from_str(&timing) {
+        headers.insert("server-timing", value);
+    }
+    headers.insert("inferd-batch-size", HeaderValue::from(stats.batch_size));
+}
+
 /// Every route of the server.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_body_bytes;
     Router::new()
         .merge(v2::routes())
+        .merge(openai::routes())
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,4 +1,5 @@
-//! inferd's HTTP server: the Open Inference Protocol (v2) routes, health and readiness,
+//! inferd's HTTP server: the Open Inference Protocol (v2) and OpenAI-compatible routes, health
+//! and readiness,
 //! Prometheus metrics and graceful shutdown, over the models of an
 //! [`inferd_core::ModelRegistry`].
 //!
@@ -13,6 +14,7 @@
 
 mod app;
 mod error;
+pub mod openai;
 mod serve;
 mod settings;
 pub mod v2;

@@ -24,6 +24,8 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// Largest request body accepted, in bytes; larger ones are answered 413.
     pub max_body_bytes: usize,
+    /// Most inputs (texts or token arrays) in one embedding request; more are answered 400.
+    pub max_embedding_inputs: usize,
 }
 
 /// The longest any of the durations above may be: longer ones are configuration mistakes.
@@ -47,6 +49,9 @@ impl ServerSettings {
         if self.max_body_bytes == 0 {
             return Err("max_body_bytes must be more than zero".into());
         }
+        if self.max_embedding_inputs == 0 {
+            return Err("max_embedding_inputs must be more than zero".into());
+        }
         Ok(())
     }
 }
@@ -59,6 +64,7 @@ impl Default for ServerSettings {
             drain_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(30),
             max_body_bytes: 64 * 1024 * 1024,
+            max_embedding_inputs: 2048,
         }
     }
 }

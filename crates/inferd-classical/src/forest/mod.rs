@@ -361,7 +361,7 @@ impl ForestPredictor {
     pub fn new(forest: Forest, device: &Device, options: EngineOptions) -> Result<Self, String> {
         // A Forest is plain data: whoever built it, check it before the engines rely on it.
         let forest = forest.validated()?;
-        let (engine, mut precision) = options.resolve(device);
+        let (engine, mut precision) = options.resolve(device)?;
         if options.precision.is_none() && forest.arithmetic == Arithmetic::F64 {
             precision = Precision::F64;
         }

@@ -108,6 +108,8 @@ impl TensorForest {
         precision: Precision,
     ) -> Result<Self> {
         let dtype = match precision {
+            // `EngineOptions::resolve` refuses it first.
+            Precision::F16 => candle_core::bail!("classical models compute in f32 or f64, not f16"),
             Precision::F32 => DType::F32,
             Precision::F64 => DType::F64,
         };

@@ -302,7 +302,7 @@ impl LinearPredictor {
     /// Binds `model` to `device` with the configured engine options. The native engine runs on
     /// the CPU only.
     pub fn new(model: LinearModel, device: &Device, options: EngineOptions) -> Result<Self, String> {
-        let (engine, precision) = options.resolve(device);
+        let (engine, precision) = options.resolve(device)?;
         let tensor = match engine {
             Engine::Native if !device.is_cpu() => {
                 return Err("the native engine runs on the CPU only; use engine = \"tensor\" on a GPU".into());

@@ -22,6 +22,8 @@ pub(super) struct TensorLinear {
 impl TensorLinear {
     pub(super) fn new(model: &LinearModel, device: &Device, precision: Precision) -> Result<Self> {
         let dtype = match precision {
+            // `EngineOptions::resolve` refuses it first.
+            Precision::F16 => candle_core::bail!("classical models compute in f32 or f64, not f16"),
             Precision::F32 => DType::F32,
             Precision::F64 => DType::F64,
         };

@@ -6,6 +6,7 @@
 //! Every model has the single version `1`. Errors are `{"error": "..."}`.
 
 pub mod codec;
+mod embedding;
 mod tabular;
 
 use std::time::{Duration, Instant};
@@ -17,11 +18,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use inferd_core::{BatchStats, InferError, ModelStatus, ModelTask, ServedModel};
+use inferd_core::{InferError, ModelStatus, ModelTask, ServedModel};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::app::{AppState, ModelLabel};
+use crate::app::{AppState, insert_batch_headers, labelled};
 use crate::error::V2Error;
 
 /// The one version every model has.
@@ -101,15 +102,6 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Attaches the model label for metrics, when the name is a configured model.
-fn labelled(state: &AppState, name: &str, response: impl IntoResponse) -> Response {
-    let mut response = response.into_response();
-    if state.registry.contains(name) {
-        response.extensions_mut().insert(ModelLabel(name.to_string()));
-    }
-    response
-}
-
 async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Response {
     let result = path.check_version().and_then(|()| {
         let model = state.registry.get(&path.name)?;
@@ -145,6 +137,24 @@ fn metadata(model: &ServedModel) -> Value {
                     "feature_names": schema.feature_names,
                     "accepts_non_finite_values": schema.accepts_non_finite,
                     "max_batch_size": service.policy().max_batch_size,
+                },
+            })
+        }
+        ModelTask::Embedding(service) => {
+            let info = service.info();
+            json!({
+                "name": model.name,
+                "versions": [VERSION],
+                "platform": info.platform,
+                "inputs": [{ "name": embedding::INPUT, "datatype": "BYTES", "shape": [-1] }],
+                "outputs": [{ "name": embedding::OUTPUT, "datatype": "FP32", "shape": [-1, info.dimensions] }],
+                "parameters": {
+                    "device": model.device,
+                    "engine": model.engine,
+                    "max_seq_length": info.max_seq_length,
+                    "normalized": info.normalized,
+                    "max_batch_size": service.policy().max_batch_size,
+                    "max_batch_tokens": service.policy().max_batch_tokens,
                 },
             })
         }
@@ -214,6 +224,7 @@ async fn run_infer(
     let id = request.id.clone();
     let (outputs, stats) = match &model.task {
         ModelTask::Tabular(service) => tabular::infer(service, request, deadline).await?,
+        ModelTask::Embedding(_) => embedding::infer(&model, request, deadline).await?,
     };
     let encoded = codec::encode_response(name, id.as_deref(), &outputs);
     let mut response = encoded.body.into_response();
@@ -229,18 +240,4 @@ async fn run_infer(
     }
     insert_batch_headers(response_headers, &stats);
     Ok(response)
-}
-
-/// Makes batching observable per request: `Server-Timing` with the queue and compute stages in
-/// milliseconds, and `inferd-batch-size` with the items in the batch that answered it.
-fn insert_batch_headers(headers: &mut HeaderMap, stats: &BatchStats) {
-    let timing = format!(
-        "queue;dur={:.3}, compute;dur={:.3}",
-        stats.queue_time.as_secs_f64() * 1e3,
-        stats.compute_time.as_secs_f64() * 1e3
-    );
-    if let Ok(value) = HeaderValue::from_str(&timing) {
-        headers.insert("server-timing", value);
-    }
-    headers.insert("inferd-batch-size", HeaderValue::from(stats.batch_size));
 }

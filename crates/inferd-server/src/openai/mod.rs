@@ -1,0 +1,22 @@
+//! The OpenAI-compatible API: `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{id}`.
+//! Errors come in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`), so the
+//! official `openai` clients raise their usual exceptions.
+
+mod embeddings;
+mod error;
+mod models;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::app::AppState;
+
+pub(crate) use embeddings::embed;
+
+/// The OpenAI-compatible routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::get))
+}

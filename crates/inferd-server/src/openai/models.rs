@@ -1,0 +1,38 @@
+//! `GET /v1/models` and `GET /v1/models/{id}`: the configured models, as OpenAI lists them.
+
+use std::time::UNIX_EPOCH;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use inferd_core::InferError;
+use serde_json::{Value, json};
+
+use super::error::OpenAiError;
+use crate::app::{AppState, labelled};
+
+fn entry(name: &str, created: u64) -> Value {
+    json!({ "id": name, "object": "model", "created": created, "owned_by": "inferd" })
+}
+
+/// When the server started, as the `created` time of every model.
+fn created(state: &AppState) -> u64 {
+    state.started.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
+}
+
+/// Every configured model, ready or not (readiness says which are ready).
+pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
+    let created = created(&state);
+    let data: Vec<Value> = state.registry.statuses().iter().map(|(name, _)| entry(name, created)).collect();
+    Json(json!({ "object": "list", "data": data }))
+}
+
+/// One configured model.
+pub(crate) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let response = if state.registry.contains(&id) {
+        Json(entry(&id, created(&state))).into_response()
+    } else {
+        OpenAiError::from(InferError::ModelNotFound(id.clone())).into_response()
+    };
+    labelled(&state, &id, response)
+}

@@ -1,0 +1,62 @@
+//! Inference for embedding models: one `BYTES` input `text` of shape `[n]` (or `[n, 1]`), each
+//! element a UTF-8 text; one `FP32` output `embedding` of shape `[n, dimensions]`. Texts longer
+//! than the model reads are truncated, as on `/v1/embeddings`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use inferd_core::{BatchStats, ServedModel, TextInput};
+
+use super::codec::{InferRequest, OutputData, OutputTensor, TensorData};
+use crate::error::V2Error;
+
+/// The name of an embedding model's input.
+pub(super) const INPUT: &str = "text";
+/// The name of its output.
+pub(super) const OUTPUT: &str = "embedding";
+
+pub(super) async fn infer(
+    model: &Arc<ServedModel>,
+    request: InferRequest,
+    deadline: Option<Instant>,
+) -> Result<(Vec<OutputTensor>, BatchStats), V2Error> {
+    let [input] = <[_; 1]>::try_from(request.inputs).map_err(|inputs| {
+        V2Error::bad_request(format!("this model takes exactly one input, '{INPUT}'; the request has {}", inputs.len()))
+    })?;
+    if input.name != INPUT {
+        return Err(V2Error::bad_request(format!("unknown input '{}': this model's input is '{INPUT}'", input.name)));
+    }
+    let TensorData::Bytes(items) = input.data else {
+        return Err(V2Error::bad_request(format!("input '{INPUT}' must be BYTES, not {}", input.datatype.name())));
+    };
+    if !matches!(input.shape[..], [_] | [_, 1]) {
+        return Err(V2Error::bad_request(format!(
+            "input '{INPUT}' must have shape [n] or [n, 1], not {:?}",
+            input.shape
+        )));
+    }
+    let binary = match request.outputs.as_deref() {
+        None => request.binary_output,
+        Some([wanted]) if wanted.name == OUTPUT => wanted.binary,
+        Some(_) => return Err(V2Error::bad_request(format!("this model has one output, '{OUTPUT}'"))),
+    };
+    let mut texts = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let text = String::from_utf8(item)
+            .map_err(|_| V2Error::bad_request(format!("element {index} of '{INPUT}' is not UTF-8 text")))?;
+        if text.is_empty() {
+            return Err(V2Error::bad_request(format!("element {index} of '{INPUT}' is empty")));
+        }
+        texts.push(TextInput::Text(text));
+    }
+    let (vectors, _tokens, stats) = crate::openai::embed(model, texts, true, deadline).await?;
+    let rows = vectors.len();
+    let dimensions = vectors.first().map_or(0, Vec::len);
+    let output = OutputTensor {
+        name: OUTPUT.into(),
+        shape: vec![rows, dimensions],
+        data: OutputData::F32(vectors.into_iter().flatten().collect()),
+        binary,
+    };
+    Ok((vec![output], stats))
+}

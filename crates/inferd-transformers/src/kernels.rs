@@ -1,0 +1,477 @@
+//! CPU kernels for transformer forward passes, in `f32`: dense layers through weights packed at
+//! load for an AVX2/FMA micro-kernel ([`linear`]), attention's small strided products through
+//! the `gemm` crate ([`matmul`]), and the element-wise steps, written so that the compiler
+//! vectorises them (reductions in [`LANES`] partial results).
+//!
+//! `exp` and `erf` are polynomial approximations written so that the compiler vectorises them
+//! (the library functions are scalar calls): relative error below 2e-7 for `exp`, absolute
+//! error below 2e-7 for `erf`, well inside the golden tolerance of the models.
+
+#![allow(unsafe_code)]
+
+use gemm::Parallelism;
+
+/// A matrix view over a slice: element `(i, j)` is at `offset + i * row_stride + j * col_stride`.
+#[derive(Debug, Clone, Copy)]
+pub struct View {
+    /// Start of element `(0, 0)`.
+    pub offset: usize,
+    /// Distance between rows.
+    pub row_stride: usize,
+    /// Distance between columns.
+    pub col_stride: usize,
+}
+
+impl View {
+    /// A dense row-major matrix with `columns` columns, starting at `offset`.
+    pub fn rows(offset: usize, columns: usize) -> Self {
+        Self { offset, row_stride: columns, col_stride: 1 }
+    }
+
+    /// One past the last element an `r × c` matrix reaches (0 when it is empty).
+    fn end(&self, r: usize, c: usize) -> usize {
+        if r == 0 || c == 0 { 0 } else { self.offset + (r - 1) * self.row_stride + (c - 1) * self.col_stride + 1 }
+    }
+}
+
+/// `dst[m × n] = (accumulate ? dst : 0) + scale · lhs[m × k] · rhs[k × n]`, on `threads`
+/// threads of the current rayon pool (1: the calling thread only).
+///
+/// # Panics
+/// When a view reaches outside its slice, or `dst`'s views overlap (a bug in the caller).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_view: View,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_view: View,
+    rhs: &[f32],
+    rhs_view: View,
+    scale: f32,
+    threads: usize,
+) {
+    assert!(dst_view.end(m, n) <= dst.len(), "matmul: destination out of bounds");
+    assert!(lhs_view.end(m, k) <= lhs.len(), "matmul: left operand out of bounds");
+    assert!(rhs_view.end(k, n) <= rhs.len(), "matmul: right operand out of bounds");
+    assert!(dst_view.col_stride == 1 && dst_view.row_stride >= n, "matmul: destination must be row-major");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let stride = |s: usize| isize::try_from(s).expect("matmul: stride exceeds isize");
+    // SAFETY: the asserts above keep every element each view reaches inside its slice; `dst`
+    // is borrowed mutably, so nothing else aliases it, and its rows (row stride ≥ n, column
+    // stride 1) do not overlap one another. `gemm` reads `lhs` and `rhs` and writes `dst` within
+    // exactly those bounds.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(dst_view.offset),
+            stride(dst_view.col_stride),
+            stride(dst_view.row_stride),
+            accumulate,
+            lhs.as_ptr().add(lhs_view.offset),
+            stride(lhs_view.col_stride),
+            stride(lhs_view.row_stride),
+            rhs.as_ptr().add(rhs_view.offset),
+            stride(rhs_view.col_stride),
+            stride(rhs_view.row_stride),
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `e^x`, relative error below 2e-7; inputs are first clamped to [-87.3, 88.3].
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * LOG2E).round_ties_even();
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    // e^r on [-ln2/2, ln2/2], Taylor to degree 7.
+    let mut p: f32 = 1.0 / 5040.0;
+    p = p.mul_add(r, 1.0 / 720.0);
+    p = p.mul_add(r, 1.0 / 120.0);
+    p = p.mul_add(r, 1.0 / 24.0);
+    p = p.mul_add(r, 1.0 / 6.0);
+    p = p.mul_add(r, 0.5);
+    p = p.mul_add(r, 1.0);
+    p = p.mul_add(r, 1.0);
+    // 2^n from its exponent bits: adding 2^23 leaves the integer n + 127 (in 1..=254 after the
+    // clamp) in the low mantissa bits, and shifting moves it into the exponent field. Bit
+    // operations only, so that the loops calling this vectorise.
+    let biased = n + (127.0 + 8_388_608.0);
+    p * f32::from_bits(biased.to_bits() << 23)
+}
+
+/// The error function, absolute error below 5e-7 (Abramowitz and Stegun's 7.1.26, 1.5e-7, plus
+/// `f32` rounding).
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    // erf(x) = 1 - t·P(t)·e^{-x²}, t = 1 / (1 + p|x|): Abramowitz and Stegun 7.1.26.
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_8, -1.453_152_1, 1.061_405_4];
+    let a = x.abs();
+    let t = 1.0 / P.mul_add(a, 1.0);
+    let mut poly = A[4];
+    poly = poly.mul_add(t, A[3]);
+    poly = poly.mul_add(t, A[2]);
+    poly = poly.mul_add(t, A[1]);
+    poly = poly.mul_add(t, A[0]);
+    let y = 1.0 - poly * t * exp(-a * a);
+    y.copysign(x)
+}
+
+/// GELU: exact (`x Φ(x)`, through [`erf`]) or its tanh approximation.
+#[inline(always)]
+pub fn gelu(x: f32, tanh: bool) -> f32 {
+    if tanh {
+        // 0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³))), with tanh(u) = 1 - 2 / (e^{2u} + 1).
+        let u = 0.797_884_6 * x.mul_add(0.044_715 * x * x, x);
+        let tanh = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+        0.5 * x * (1.0 + tanh)
+    } else {
+        0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+    }
+}
+
+/// Lanes of the element-wise reductions: independent partial results the compiler keeps in one
+/// vector register (a plain `fold` is sequential, as floating-point addition is not associative).
+const LANES: usize = 8;
+
+/// Sum of `f(v)` over `values`, in [`LANES`] partial sums.
+#[inline(always)]
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut partial = [0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (p, &v) in partial.iter_mut().zip(chunk) {
+            *p += f(v);
+        }
+    }
+    partial.iter().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
+}
+
+/// Largest of `values` (−∞ for none), in [`LANES`] partial maxima.
+#[inline(always)]
+fn lane_max(values: &[f32]) -> f32 {
+    let mut partial = [f32::NEG_INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (p, &v) in partial.iter_mut().zip(chunk) {
+            *p = p.max(v);
+        }
+    }
+    partial.iter().chain(rest).copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Exact GELU over a slice, in place.
+pub fn gelu_erf_all(values: &mut [f32]) {
+    values.iter_mut().for_each(|v| *v = gelu(*v, false));
+}
+
+/// Tanh-approximated GELU over a slice, in place.
+pub fn gelu_tanh_all(values: &mut [f32]) {
+    values.iter_mut().for_each(|v| *v = gelu(*v, true));
+}
+
+/// ReLU over a slice, in place.
+pub fn relu_all(values: &mut [f32]) {
+    values.iter_mut().for_each(|v| *v = v.max(0.0));
+}
+
+/// Softmax of one row, in place.
+pub fn softmax(row: &mut [f32]) {
+    let max = lane_max(row);
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    let inverse = 1.0 / lane_sum(row, |v| v);
+    row.iter_mut().for_each(|v| *v *= inverse);
+}
+
+/// `row = LayerNorm(row + residual) · gamma + beta`, in place; `residual` may be empty.
+pub fn add_layer_norm(row: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    if !residual.is_empty() {
+        for (v, r) in row.iter_mut().zip(residual) {
+            *v += r;
+        }
+    }
+    let n = row.len() as f32;
+    let mean = lane_sum(row, |v| v) / n;
+    let variance = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
+    let inverse = 1.0 / (variance + eps).sqrt();
+    for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+        *v = ((*v - mean) * inverse).mul_add(*g, *b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_and_erf_are_accurate() {
+        let mut worst_exp = 0f64;
+        let mut worst_erf = 0f64;
+        for i in -20_000..=20_000 {
+            let x = i as f32 * 0.004;
+            let exact = f64::from(x).exp();
+            worst_exp = worst_exp.max(((f64::from(exp(x)) - exact) / exact).abs());
+            worst_erf = worst_erf.max((f64::from(erf(x)) - erf_reference(f64::from(x))).abs());
+        }
+        assert!(worst_exp < 2e-7, "exp relative error {worst_exp}");
+        assert!(worst_erf < 5e-7, "erf absolute error {worst_erf}");
+        assert_eq!(exp(-200.0), exp(-87.3));
+        assert!(exp(-87.3) < 1e-37);
+        assert!(exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    /// erf in f64 from its Maclaurin series (|x| ≤ 3) or its continued fraction (beyond).
+    fn erf_reference(x: f64) -> f64 {
+        let a = x.abs();
+        let value = if a < 3.0 {
+            let mut term = a;
+            let mut sum = a;
+            for n in 1..200 {
+                term *= -a * a / n as f64;
+                sum += term / (2 * n + 1) as f64;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            let mut fraction = 0.0;
+            for n in (1..60).rev() {
+                fraction = (n as f64 / 2.0) / (a + fraction);
+            }
+            1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + fraction)
+        };
+        value.copysign(x)
+    }
+
+    #[test]
+    fn matmul_follows_its_views() {
+        // lhs [2 × 3], weight [2 × 3] read transposed as [3 × 2].
+        let lhs = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let weight = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+        let mut dst = [10.0, 20.0, 30.0, 40.0];
+        matmul(
+            (2, 2, 3),
+            &mut dst,
+            View::rows(0, 2),
+            true,
+            &lhs,
+            View::rows(0, 3),
+            &weight,
+            View { offset: 0, row_stride: 1, col_stride: 3 },
+            2.0,
+            1,
+        );
+        assert_eq!(dst, [10.0 + 8.0, 20.0 + 4.0, 30.0 + 20.0, 40.0 + 10.0]);
+    }
+
+    #[test]
+    fn packed_linear_matches_the_definition() {
+        for (m, n, k) in [(1, 1, 1), (7, 33, 5), (13, 16, 64), (100, 40, 17), (6, 100, 3)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0).collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32).collect();
+            let mut out: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
+            linear(&x, &PackedWeight::new(&w, n, k), &mut out, m);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f32 = bias[j] + (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum::<f32>();
+                    assert!((out[i * n + j] - want).abs() < 1e-4, "{m}x{n}x{k} at ({i}, {j})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layer_norm_and_softmax() {
+        let mut row = [1.0, 2.0, 3.0, 4.0];
+        add_layer_norm(&mut row, &[1.0; 4], &[1.0; 4], &[0.0; 4], 0.0);
+        let expected = [-1.341_640_8, -0.447_213_6, 0.447_213_6, 1.341_640_8];
+        assert!(row.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6), "{row:?}");
+        let mut p = [0.0, 1.0, f32::NEG_INFINITY];
+        softmax(&mut p);
+        assert!((p[0] - 0.268_941_4).abs() < 1e-6 && p[2] < 1e-37, "{p:?}");
+    }
+}
+
+/// Columns per panel of a [`PackedWeight`]: two AVX registers of eight `f32`.
+const PANEL: usize = 16;
+/// Rows of the output each micro-kernel call computes: 6 × 2 accumulators plus the two weight
+/// registers and a broadcast fill 15 of the 16 AVX registers.
+const TILE_ROWS: usize = 6;
+/// Rows of the activations one task works through, panel after panel, while they stay in the
+/// core's L2 cache.
+const BLOCK_ROWS: usize = 48;
+
+/// A weight matrix `[n × k]` (a linear layer's `out × in`, as checkpoints store it) packed once,
+/// at load, for `x · Wᵀ`: panels of 16 output columns, each `k` steps of 16 contiguous values,
+/// the last panel padded with zeros.
+pub struct PackedWeight {
+    n: usize,
+    k: usize,
+    panels: Vec<f32>,
+}
+
+impl PackedWeight {
+    /// Packs a row-major `[n × k]` matrix.
+    ///
+    /// # Panics
+    /// When `weight` does not hold `n × k` values.
+    pub fn new(weight: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(weight.len(), n * k, "PackedWeight: weight size");
+        let count = n.div_ceil(PANEL);
+        let mut panels = vec![0f32; count * PANEL * k];
+        for (panel, out) in panels.chunks_mut(PANEL * k).enumerate() {
+            for column in 0..PANEL.min(n - panel * PANEL) {
+                let row = &weight[(panel * PANEL + column) * k..(panel * PANEL + column + 1) * k];
+                for (step, &value) in row.iter().enumerate() {
+                    out[step * PANEL + column] = value;
+                }
+            }
+        }
+        Self { n, k, panels }
+    }
+
+    /// Output columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+}
+
+/// A `*mut f32` that may cross threads: each task writes a region of the output no other task
+/// touches.
+#[derive(Clone, Copy)]
+struct Output(*mut f32);
+// SAFETY: only used by `linear`, whose tasks write disjoint regions.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+impl Output {
+    /// The element `offset` places in. (A method, so that closures capture the whole `Output`,
+    /// not its raw pointer field.)
+    ///
+    /// # Safety
+    /// `offset` must be inside the output slice.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller keeps `offset` inside the slice.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// `out[m × n] += x[m × k] · Wᵀ` for a packed `W`, with both matrices dense and row-major, on the
+/// current rayon pool. `out` usually holds the bias already.
+///
+/// # Panics
+/// When the slices are not `m × k` and `m × n`.
+pub fn linear(x: &[f32], weight: &PackedWeight, out: &mut [f32], m: usize) {
+    let (n, k) = (weight.n, weight.k);
+    assert!(x.len() >= m * k && out.len() >= m * n, "linear: operand sizes");
+    let panels = n.div_ceil(PANEL);
+    let blocks = m.div_ceil(BLOCK_ROWS);
+    // At least eight tasks per thread, so that threads finish together: with few row blocks,
+    // split the panels too.
+    let wanted = 8 * rayon::current_num_threads();
+    let groups = if blocks >= wanted { 1 } else { wanted.div_ceil(blocks.max(1)).min(panels) };
+    let per_group = panels.div_ceil(groups);
+    let output = Output(out.as_mut_ptr());
+    use rayon::prelude::*;
+    (0..blocks * groups).into_par_iter().for_each(|task| {
+        let (block, group) = (task / groups, task % groups);
+        let rows = block * BLOCK_ROWS..((block + 1) * BLOCK_ROWS).min(m);
+        let panel_range = group * per_group..((group + 1) * per_group).min(panels);
+        for panel in panel_range {
+            let b = &weight.panels[panel * PANEL * k..(panel + 1) * PANEL * k];
+            let columns = PANEL.min(n - panel * PANEL);
+            let mut row = rows.start;
+            while row < rows.end {
+                let count = TILE_ROWS.min(rows.end - row);
+                let a = &x[row * k..(row + count) * k];
+                // SAFETY: rows `row..row + count`, columns `panel·16..panel·16 + columns` of
+                // `out` are inside it (asserted above) and belong to this task alone: tasks
+                // split rows by block and columns by panel group.
+                unsafe {
+                    let c = output.at(row * n + panel * PANEL);
+                    tile(count, a, k, b, c, n, columns);
+                }
+                row += count;
+            }
+        }
+    });
+}
+
+/// `c[count × columns] += a[count × k] · b[k × 16]` (the first `columns` of the panel).
+///
+/// # Safety
+/// `c` must be valid for reads and writes of `count` rows of `columns` values, `ldc` apart.
+unsafe fn tile(count: usize, a: &[f32], k: usize, b: &[f32], c: *mut f32, ldc: usize, columns: usize) {
+    let mut sums = [[0f32; PANEL]; TILE_ROWS];
+    match count {
+        6 => micro::<6>(a, k, b, &mut sums),
+        5 => micro::<5>(a, k, b, &mut sums),
+        4 => micro::<4>(a, k, b, &mut sums),
+        3 => micro::<3>(a, k, b, &mut sums),
+        2 => micro::<2>(a, k, b, &mut sums),
+        _ => micro::<1>(a, k, b, &mut sums),
+    }
+    for (r, sum) in sums.iter().enumerate().take(count) {
+        for (j, value) in sum.iter().enumerate().take(columns) {
+            // SAFETY: inside the region the caller vouches for.
+            unsafe { *c.add(r * ldc + j) += value };
+        }
+    }
+}
+
+/// The micro-kernel: `R` rows of `a` times one 16-column panel, into `sums`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[inline(always)]
+fn micro<const R: usize>(a: &[f32], k: usize, b: &[f32], sums: &mut [[f32; PANEL]; TILE_ROWS]) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= R * k && b.len() >= PANEL * k);
+    // SAFETY: the loads read `b[step·16 .. step·16 + 16]` and `a[r·k + step]` for step < k and
+    // r < R, inside the slices (asserted above); AVX2 and FMA are enabled at compile time.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        for step in 0..k {
+            let b0 = _mm256_loadu_ps(b.add(step * PANEL));
+            let b1 = _mm256_loadu_ps(b.add(step * PANEL + 8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let value = _mm256_broadcast_ss(&*a.add(r * k + step));
+                acc[0] = _mm256_fmadd_ps(value, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(value, b1, acc[1]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(sums[r].as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(sums[r].as_mut_ptr().add(8), acc[1]);
+        }
+    }
+}
+
+/// The same, portably, for builds without AVX2 and FMA.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+fn micro<const R: usize>(a: &[f32], k: usize, b: &[f32], sums: &mut [[f32; PANEL]; TILE_ROWS]) {
+    for (r, sum) in sums.iter_mut().enumerate().take(R) {
+        for step in 0..k {
+            let value = a[r * k + step];
+            for (s, w) in sum.iter_mut().zip(&b[step * PANEL..(step + 1) * PANEL]) {
+                *s = value.mul_add(*w, *s);
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! inferd's transformer models.
+//!
+//! - [`source`]: where a model's files are, a local folder or a Hugging Face hub repository
+//!   (`hf:org/name[@revision]`), fetched through `hf-hub` with its cache and offline mode;
+//! - [`tokenizer`]: Hugging Face tokenizers, bounded by the model's sequence length;
+//! - [`bert`]: BERT encoders with a native CPU engine and a candle tensor engine;
+//! - [`embedding`]: sentence-transformers pipelines (pooling, normalisation) loaded into what
+//!   inferd-core's `EmbeddingService` serves.
+
+pub mod bert;
+pub mod embedding;
+pub mod error;
+mod kernels;
+pub mod source;
+pub mod tokenizer;
+
+pub use embedding::{EmbeddingOptions, LoadedEmbedding, Pooling, load_embedding};
+pub use error::LoadError;
+pub use source::{ModelFiles, ModelSource};
+pub use tokenizer::TextTokenizer;

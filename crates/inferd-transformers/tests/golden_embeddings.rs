@@ -1,0 +1,114 @@
+//! Golden test: all-MiniLM-L6-v2 against sentence-transformers' own output.
+//!
+//! `tests/golden/all-minilm-l6-v2.json` holds texts (short, medium, past max_seq_length,
+//! unicode, code, whitespace-only), the token ids sentence-transformers fed the model, and its
+//! embeddings; `models/reference/make_embeddings.py` wrote it. Every engine must give the same
+//! ids and embeddings with cosine similarity of at least 0.9999 to the reference, one text at a
+//! time and all together in sub-batches.
+//!
+//! The model comes from `models/fetch-models.sh` (the test command runs it first).
+
+use std::path::{Path, PathBuf};
+
+use inferd_core::{Device, Engine, TextEncoder};
+use inferd_transformers::embedding::cosine;
+use inferd_transformers::{EmbeddingOptions, LoadedEmbedding, ModelSource, load_embedding};
+use serde::Deserialize;
+
+const MIN_COSINE: f64 = 0.9999;
+
+#[derive(Deserialize)]
+struct Golden {
+    max_seq_length: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    text: String,
+    token_ids: Vec<u32>,
+    embedding: Vec<f32>,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn golden() -> Golden {
+    let path = root().join("tests/golden/all-minilm-l6-v2.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("golden file")).expect("golden JSON")
+}
+
+fn load(engine: Engine) -> LoadedEmbedding {
+    let folder = root().join("models/all-minilm-l6-v2");
+    assert!(folder.join("model.safetensors").is_file(), "{} is missing: run models/fetch-models.sh", folder.display());
+    let options = EmbeddingOptions { engine: Some(engine), ..EmbeddingOptions::default() };
+    load_embedding(&ModelSource::Folder(folder), &Device::Cpu, options).expect("model loads")
+}
+
+fn check_engine(engine: Engine) {
+    let golden = golden();
+    assert!(golden.cases.len() >= 30);
+    let mut loaded = load(engine);
+    assert_eq!(loaded.info.max_seq_length, golden.max_seq_length);
+    assert_eq!(loaded.info.dimensions, 384);
+
+    let mut sequences = Vec::new();
+    let mut worst = (1.0f64, String::new());
+    for case in &golden.cases {
+        let ids = loaded.encoder.encode_text(&case.text, true).expect("encodes");
+        assert_eq!(ids, case.token_ids, "{}: token ids", case.name);
+        let got = loaded.model.embed(&[&ids]).expect("embeds").remove(0);
+        let similarity = cosine(&got, &case.embedding);
+        assert!(similarity >= MIN_COSINE, "{}: cosine {similarity}", case.name);
+        if similarity < worst.0 {
+            worst = (similarity, case.name.clone());
+        }
+        sequences.push(ids);
+    }
+    eprintln!("{engine:?}: lowest cosine one by one 1 - {:.1e} ({})", 1.0 - worst.0, worst.1);
+
+    // All together, shortest first, as the batcher runs them: padding (tensor engine) and the
+    // end-to-end layout (native engine) must not change any embedding.
+    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    order.sort_by_key(|&index| sequences[index].len());
+    for chunk in order.chunks(16) {
+        let batch: Vec<&[u32]> = chunk.iter().map(|&index| sequences[index].as_slice()).collect();
+        let vectors = loaded.model.embed(&batch).expect("embeds a batch");
+        for (&index, vector) in chunk.iter().zip(&vectors) {
+            let case = &golden.cases[index];
+            let similarity = cosine(vector, &case.embedding);
+            assert!(similarity >= MIN_COSINE, "{} in a batch: cosine {similarity}", case.name);
+        }
+    }
+}
+
+#[test]
+fn native_engine_matches_sentence_transformers() {
+    check_engine(Engine::Native);
+}
+
+#[test]
+fn tensor_engine_matches_sentence_transformers() {
+    check_engine(Engine::Tensor);
+}
+
+#[test]
+fn truncation_and_token_arrays() {
+    let golden = golden();
+    let loaded = load(Engine::Native);
+    let long =
+        golden.cases.iter().find(|case| case.token_ids.len() == golden.max_seq_length).expect("a truncated case");
+    let err = loaded.encoder.encode_text(&long.text, false).unwrap_err().to_string();
+    assert!(err.contains("truncation is off"), "{err}");
+    // Token arrays get the same special tokens as text.
+    let short = &golden.cases[0];
+    let content = &short.token_ids[1..short.token_ids.len() - 1];
+    assert_eq!(loaded.encoder.encode_ids(content, true).unwrap(), short.token_ids);
+    let err = loaded.encoder.encode_ids(&[5, 1_000_000], true).unwrap_err().to_string();
+    assert!(err.contains("token id 1000000 is outside"), "{err}");
+    let too_many = vec![1000u32; golden.max_seq_length];
+    assert_eq!(loaded.encoder.encode_ids(&too_many, true).unwrap().len(), golden.max_seq_length);
+    assert!(loaded.encoder.encode_ids(&too_many, false).is_err());
+}

