@@ -20,11 +20,12 @@ const BATCH_SIZES: [usize; 4] = [1, 8, 32, 128];
 /// Words to build texts from; any English works, the token counts are what matter.
 const WORDS: &[&str] = &[
     "the", "server", "answers", "requests", "from", "many", "clients", "while", "its", "queue", "stays", "short",
-    "and", "each", "batch", "runs", "on", "two", "cores", "with", "little", "padding", "between", "texts", "of",
-    "similar", "length", "so", "latency", "remains", "low", "under", "load", "during", "busy", "hours",
+    "and", "each", "batch", "runs", "on", "two", "cores", "with", "little", "waste", "between", "texts", "of",
+    "similar", "length", "so", "delay", "remains", "low", "under", "load", "during", "busy", "hours",
 ];
 
-/// `count` texts of `words` words each (about 1.2 tokens per word with [CLS] and [SEP]).
+/// `count` texts of `words` words each; every word is one token, so with [CLS] and [SEP] a text
+/// is `words + 2` tokens.
 fn texts(count: usize, words: usize) -> Vec<String> {
     (0..count)
         .map(|i| (0..words).map(|w| WORDS[(i * 7 + w * 13 + w * w) % WORDS.len()]).collect::<Vec<_>>().join(" "))
@@ -58,7 +59,7 @@ fn embeddings(c: &mut Criterion) {
     assert!(folder.join("model.safetensors").is_file(), "{} is missing: run models/fetch-models.sh", folder.display());
     for (label, device, options) in engines() {
         let mut loaded = load_embedding(&ModelSource::Folder(folder.clone()), &device, options).unwrap();
-        for (length, words) in [("short", 10), ("medium", 106)] {
+        for (length, words) in [("short", 10), ("medium", 126)] {
             let mut group = c.benchmark_group(format!("all-minilm-l6-v2/{length}/{label}"));
             group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
             for batch in BATCH_SIZES {
