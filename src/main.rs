@@ -92,6 +92,10 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
+    if let Some(missing) = missing_cpu_features() {
+        eprintln!("inferd: this build needs a CPU with {missing} (x86-64-v3); this one lacks it");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,6 +104,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The instruction set extensions this build was compiled for and the CPU lacks, so that an
+/// old CPU gets a clear message instead of an illegal-instruction crash later.
+fn missing_cpu_features() -> Option<&'static str> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return Some("AVX2");
+        }
+        if !std::arch::is_x86_feature_detected!("fma") {
+            return Some("FMA");
+        }
+    }
+    None
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -54,8 +54,10 @@ fn files_under(root: &Path) -> BTreeMap<String, Vec<u8>> {
 async fn listing(
     State(hub): State<Hub>,
     UrlPath((org, name, revision)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Response {
-    hub.requests.lock().unwrap().push(format!("list {org}/{name}@{revision}"));
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("none").to_string();
+    hub.requests.lock().unwrap().push(format!("list {org}/{name}@{revision} auth={auth}"));
     if format!("{org}/{name}") != REPO || !(revision == "main" || revision == COMMIT) {
         return (StatusCode::NOT_FOUND, "Repository not found").into_response();
     }
@@ -149,13 +151,17 @@ async fn models_load_from_the_hub_and_then_offline_from_its_cache() {
     let home = cache.path().to_str().unwrap().to_string();
 
     // Online: the listing, then each file the model needs, fetched into the cache.
-    let mut server = spawn(&format!("hf:{REPO}"), &[("HF_ENDPOINT", &url), ("HF_HOME", &home)]);
+    let env = [("HF_ENDPOINT", url.as_str()), ("HF_HOME", home.as_str()), ("HF_TOKEN", "hf_test_token")];
+    let mut server = spawn(&format!("hf:{REPO}"), &env);
     server.wait_listening().await;
     wait_ready(&server).await;
     let online = embed(&server).await;
     assert_eq!(online.len(), 384);
     let requests = hub.requests.lock().unwrap().clone();
-    assert!(requests.iter().any(|r| r.starts_with("list ")), "{requests:?}");
+    assert!(
+        requests.iter().any(|r| r.starts_with("list ") && r.ends_with("auth=Bearer hf_test_token")),
+        "{requests:?}"
+    );
     assert!(requests.iter().any(|r| r.starts_with("get model.safetensors")), "{requests:?}");
     let cached: PathBuf = cache.path().join("hub/models--sentence-transformers--all-MiniLM-L6-v2");
     assert!(cached.join("snapshots").join(COMMIT).join("model.safetensors").exists());

@@ -3,7 +3,7 @@
 //! `hf:org/name` or `hf:org/name@revision` names a hub repository; anything else is a folder.
 //! Hub files are fetched with `hf-hub` into its cache (`HF_HOME`, by default
 //! `~/.cache/huggingface`) from `HF_ENDPOINT` (by default the public hub), with the token of
-//! `HF_TOKEN` or the cache's token file. With `HF_HUB_OFFLINE=1` nothing is fetched: files come
+//! `HF_TOKEN`, else the cache's token file. With `HF_HUB_OFFLINE=1` nothing is fetched: files come
 //! from the cache alone, as the Python `huggingface_hub` does.
 
 use std::collections::BTreeSet;
@@ -83,8 +83,12 @@ impl ModelSource {
                         file: "the file list".into(),
                         reason,
                     };
-                    let api =
-                        ApiBuilder::from_env().with_progress(false).build().map_err(|err| fail(err.to_string()))?;
+                    let mut builder = ApiBuilder::from_env().with_progress(false);
+                    // hf-hub reads the cache's token file; the environment variable wins.
+                    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|token| !token.trim().is_empty()) {
+                        builder = builder.with_token(Some(token.trim().to_string()));
+                    }
+                    let api = builder.build().map_err(|err| fail(err.to_string()))?;
                     let api_repo = api.repo(hub_repo);
                     let info = api_repo.info().map_err(|err| fail(err.to_string()))?;
                     let files = info.siblings.into_iter().map(|sibling| sibling.rfilename).collect();
@@ -107,7 +111,8 @@ impl fmt::Display for ModelSource {
 
 /// Whether `HF_HUB_OFFLINE` asks for the cache alone.
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|value| matches!(value.trim(), "1" | "true" | "TRUE" | "yes" | "on"))
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|value| matches!(value.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
 enum Access {

@@ -23,11 +23,13 @@ pub struct TextTokenizer {
     prefix: Vec<u32>,
     suffix: Vec<u32>,
     vocab_size: u32,
+    lowercase: bool,
 }
 
 impl TextTokenizer {
-    /// Loads `tokenizer.json`, cutting sequences to `max_length` tokens, special ones included.
-    pub fn load(path: &Path, max_length: usize) -> Result<Self, LoadError> {
+    /// Loads `tokenizer.json`, cutting sequences to `max_length` tokens, special ones included;
+    /// `lowercase` lowercases texts first (sentence-transformers' `do_lower_case`).
+    pub fn load(path: &Path, max_length: usize, lowercase: bool) -> Result<Self, LoadError> {
         let mut tokenizer = Tokenizer::from_file(path).map_err(|err| LoadError::invalid(path, err.to_string()))?;
         tokenizer.with_padding(None::<PaddingParams>);
         tokenizer
@@ -57,7 +59,12 @@ impl TextTokenizer {
         if prefix.len() + suffix.len() >= max_length {
             return Err(LoadError::invalid(path, format!("max_seq_length {max_length} leaves no room for content")));
         }
-        Ok(Self { tokenizer, max_length, prefix, suffix, vocab_size })
+        Ok(Self { tokenizer, max_length, prefix, suffix, vocab_size, lowercase })
+    }
+
+    /// Tokens in the vocabulary, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size as usize
     }
 
     /// The underlying tokenizer.
@@ -75,13 +82,22 @@ impl TextTokenizer {
 
 impl TextEncoder for TextTokenizer {
     fn encode_text(&self, text: &str, truncate: bool) -> Result<Vec<u32>, InferError> {
+        let lowered;
+        let text = if self.lowercase {
+            lowered = text.to_lowercase();
+            lowered.as_str()
+        } else {
+            text
+        };
         let encoding = self
             .tokenizer
             .encode(text, true)
             .map_err(|err| InferError::InvalidInput(format!("the text cannot be tokenized: {err}")))?;
         let overflow = encoding.get_overflowing();
         if !truncate && !overflow.is_empty() {
-            let dropped: usize = overflow.iter().map(|part| part.len()).sum();
+            // Each overflowing part carries its own special tokens.
+            let specials = self.prefix.len() + self.suffix.len();
+            let dropped: usize = overflow.iter().map(|part| part.len().saturating_sub(specials)).sum();
             return Err(self.too_long(encoding.len() + dropped));
         }
         Ok(encoding.get_ids().to_vec())

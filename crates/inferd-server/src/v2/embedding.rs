@@ -1,6 +1,7 @@
 //! Inference for embedding models: one `BYTES` input `text` of shape `[n]` (or `[n, 1]`), each
 //! element a UTF-8 text; one `FP32` output `embedding` of shape `[n, dimensions]`. Texts longer
-//! than the model reads are truncated, as on `/v1/embeddings`.
+//! than the model reads are truncated, as on `/v1/embeddings`, and at most
+//! `max_embedding_inputs` texts come in one request.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +20,7 @@ pub(super) async fn infer(
     model: &Arc<ServedModel>,
     request: InferRequest,
     deadline: Option<Instant>,
+    max_inputs: usize,
 ) -> Result<(Vec<OutputTensor>, BatchStats), V2Error> {
     let [input] = <[_; 1]>::try_from(request.inputs).map_err(|inputs| {
         V2Error::bad_request(format!("this model takes exactly one input, '{INPUT}'; the request has {}", inputs.len()))
@@ -40,6 +42,12 @@ pub(super) async fn infer(
         Some([wanted]) if wanted.name == OUTPUT => wanted.binary,
         Some(_) => return Err(V2Error::bad_request(format!("this model has one output, '{OUTPUT}'"))),
     };
+    if items.len() > max_inputs {
+        return Err(V2Error::bad_request(format!(
+            "input '{INPUT}' has {} texts; at most {max_inputs} are allowed",
+            items.len()
+        )));
+    }
     let mut texts = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         let text = String::from_utf8(item)

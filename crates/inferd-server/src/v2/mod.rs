@@ -224,7 +224,9 @@ async fn run_infer(
     let id = request.id.clone();
     let (outputs, stats) = match &model.task {
         ModelTask::Tabular(service) => tabular::infer(service, request, deadline).await?,
-        ModelTask::Embedding(_) => embedding::infer(&model, request, deadline).await?,
+        ModelTask::Embedding(_) => {
+            embedding::infer(&model, request, deadline, state.settings.max_embedding_inputs).await?
+        }
     };
     let encoded = codec::encode_response(name, id.as_deref(), &outputs);
     let mut response = encoded.body.into_response();

@@ -1,14 +1,17 @@
-//! The tensor engine: candle-transformers' `BertModel` on the model's device (CPU or CUDA), in
-//! `f32` or `f16`, with pooling and normalisation as tensor operations.
+//! The tensor engine: candle-transformers' BERT encoder on the model's device (CPU or CUDA), in
+//! `f32` or `f16`, with the embeddings, pooling and normalisation as tensor operations.
 //!
 //! Sequences of a sub-batch are padded to the longest; the attention mask keeps padding out of
-//! attention and pooling.
+//! attention and pooling. The mask is built here, not by candle's `BertModel`, whose mask value
+//! (`f32::MIN`) becomes −∞ in `f16` and turns every score into NaN (0 × −∞); ours is −65504, the
+//! most negative finite `f16`, which still rounds every masked weight to zero.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::BertModel;
+use candle_nn::{Embedding, LayerNorm, Module};
+use candle_transformers::models::bert::BertEncoder;
 use inferd_core::{EmbeddingModel, InferError};
 
 use super::config::BertConfig;
@@ -18,7 +21,11 @@ use crate::error::LoadError;
 
 /// A BERT encoder with its pooling, as candle tensors.
 pub struct TensorBert {
-    model: BertModel,
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    norm: LayerNorm,
+    encoder: BertEncoder,
     device: Device,
     dtype: DType,
     pooling: Pooling,
@@ -37,9 +44,21 @@ impl TensorBert {
         normalize: bool,
     ) -> Result<Self, LoadError> {
         let vb = VarBuilder::from_tensors(weights.tensors().clone(), dtype, device);
-        let model =
-            BertModel::load(vb, &config.to_candle()).map_err(|err| LoadError::invalid(path, err.to_string()))?;
-        Ok(Self { model, device: device.clone(), dtype, pooling, normalize })
+        let vb = match weights.prefix().strip_suffix('.') {
+            Some(prefix) => vb.pp(prefix),
+            None => vb,
+        };
+        let invalid = |err: candle_core::Error| LoadError::invalid(path, err.to_string());
+        let h = config.hidden_size;
+        let embeddings = vb.pp("embeddings");
+        let word = candle_nn::embedding(config.vocab_size, h, embeddings.pp("word_embeddings")).map_err(invalid)?;
+        let position = candle_nn::embedding(config.max_position_embeddings, h, embeddings.pp("position_embeddings"))
+            .map_err(invalid)?;
+        let token_type =
+            candle_nn::embedding(config.type_vocab_size, h, embeddings.pp("token_type_embeddings")).map_err(invalid)?;
+        let norm = candle_nn::layer_norm(h, config.layer_norm_eps, embeddings.pp("LayerNorm")).map_err(invalid)?;
+        let encoder = BertEncoder::load(vb.pp("encoder"), &config.to_candle()).map_err(invalid)?;
+        Ok(Self { word, position, token_type, norm, encoder, device: device.clone(), dtype, pooling, normalize })
     }
 
     fn forward(&self, sequences: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
@@ -53,8 +72,17 @@ impl TensorBert {
         }
         let ids = Tensor::from_vec(ids, (batch, longest), &self.device)?;
         let mask = Tensor::from_vec(mask, (batch, longest), &self.device)?;
+        let positions = Tensor::arange(0u32, longest as u32, &self.device)?.unsqueeze(0)?;
         let types = ids.zeros_like()?;
-        let states = self.model.forward(&ids, &types, Some(&mask))?;
+        let embedded = self
+            .word
+            .forward(&ids)?
+            .broadcast_add(&self.position.forward(&positions)?)?
+            .broadcast_add(&self.token_type.forward(&types)?)?;
+        let embedded = self.norm.forward(&embedded)?;
+        // Additive mask [batch, 1, 1, longest]: 0 for tokens, −65504 for padding.
+        let additive = ((mask.to_dtype(self.dtype)? - 1.0)? * 65504.0)?.unsqueeze(1)?.unsqueeze(1)?;
+        let states = self.encoder.forward(&embedded, &additive)?;
         // Pool in f32 whatever the model's precision.
         let states = states.to_dtype(DType::F32)?;
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;

@@ -30,6 +30,11 @@ impl Weights {
         Ok(Self { path: path.to_path_buf(), tensors, prefix })
     }
 
+    /// The prefix of every BERT tensor's name in this checkpoint (`""`, `"bert."`, `"model."`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Every tensor by name.
     pub fn tensors(&self) -> &HashMap<String, Tensor> {
         &self.tensors

@@ -68,7 +68,19 @@ pub fn load_embedding(
     let config = BertConfig::load(&config_path)?;
     let max_seq_length =
         pipeline.max_seq_length.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings);
-    let encoder = Arc::new(TextTokenizer::load(&files.require("tokenizer.json")?, max_seq_length)?);
+    let tokenizer_path = files.require("tokenizer.json")?;
+    let encoder = Arc::new(TextTokenizer::load(&tokenizer_path, max_seq_length, pipeline.lowercase)?);
+    // An id the tokenizer can give but the model has no embedding for would fail whole batches.
+    if encoder.vocab_size() > config.vocab_size {
+        return Err(LoadError::invalid(
+            &tokenizer_path,
+            format!(
+                "the tokenizer has {} tokens, more than the model's vocab_size of {}",
+                encoder.vocab_size(),
+                config.vocab_size
+            ),
+        ));
+    }
     let weights_path = match files.get("model.safetensors")? {
         Some(path) => path,
         None => {

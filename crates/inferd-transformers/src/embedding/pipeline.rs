@@ -37,6 +37,9 @@ pub struct Pipeline {
     pub normalize: bool,
     /// `sentence_bert_config.json`'s `max_seq_length`, when given.
     pub max_seq_length: Option<usize>,
+    /// `sentence_bert_config.json`'s `do_lower_case`: texts are lowercased before the
+    /// tokenizer sees them.
+    pub lowercase: bool,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +69,8 @@ struct PoolingConfig {
 #[derive(Deserialize)]
 struct SentenceBertConfig {
     max_seq_length: Option<usize>,
+    #[serde(default)]
+    do_lower_case: bool,
 }
 
 const TRANSFORMER: &str = "sentence_transformers.models.Transformer";
@@ -121,11 +126,14 @@ impl Pipeline {
                 ));
             }
         };
-        let max_seq_length = match files.get("sentence_bert_config.json")? {
-            Some(path) => read_json::<SentenceBertConfig>(&path)?.max_seq_length,
-            None => None,
+        let (max_seq_length, lowercase) = match files.get("sentence_bert_config.json")? {
+            Some(path) => {
+                let config: SentenceBertConfig = read_json(&path)?;
+                (config.max_seq_length, config.do_lower_case)
+            }
+            None => (None, false),
         };
-        Ok(Self { pooling, normalize: modules.len() == 3, max_seq_length })
+        Ok(Self { pooling, normalize: modules.len() == 3, max_seq_length, lowercase })
     }
 }
 
@@ -153,11 +161,14 @@ mod tests {
     fn reads_the_minilm_layout() {
         let mean = r#"{"word_embedding_dimension": 384, "pooling_mode_mean_tokens": true}"#;
         let found = pipeline(THREE, mean, Some(r#"{"max_seq_length": 256, "do_lower_case": false}"#)).unwrap();
-        assert_eq!(found, Pipeline { pooling: Pooling::Mean, normalize: true, max_seq_length: Some(256) });
+        assert_eq!(
+            found,
+            Pipeline { pooling: Pooling::Mean, normalize: true, max_seq_length: Some(256), lowercase: false }
+        );
         let cls = r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#;
         let two = THREE.rsplit_once(",\n").unwrap().0.to_string() + "]";
-        let found = pipeline(&two, cls, None).unwrap();
-        assert_eq!(found, Pipeline { pooling: Pooling::Cls, normalize: false, max_seq_length: None });
+        let found = pipeline(&two, cls, Some(r#"{"do_lower_case": true}"#)).unwrap();
+        assert_eq!(found, Pipeline { pooling: Pooling::Cls, normalize: false, max_seq_length: None, lowercase: true });
     }
 
     #[test]
