@@ -18,6 +18,16 @@ pub(crate) fn status_of(err: &InferError) -> StatusCode {
     }
 }
 
+/// What to tell a client whose body could not be read: its size against the limit, or axum's
+/// own reason.
+pub(crate) fn rejected_body_message(rejection: &axum::extract::rejection::BytesRejection, limit: usize) -> String {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("the request body exceeds the length limit of {limit} bytes")
+    } else {
+        rejection.body_text()
+    }
+}
+
 /// An error in the Open Inference Protocol's shape: `{"error": "..."}`, with `Retry-After` on
 /// 429.
 #[derive(Debug)]

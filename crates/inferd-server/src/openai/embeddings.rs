@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use super::error::OpenAiError;
 use crate::app::{AppState, insert_batch_headers, labelled};
+use crate::error::rejected_body_message;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,11 +96,7 @@ pub(crate) async fn embeddings(State(state): State<AppState>, body: Result<Bytes
 }
 
 fn body_error(state: &AppState, rejection: BytesRejection) -> OpenAiError {
-    let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        format!("the request body exceeds the length limit of {} bytes", state.settings.max_body_bytes)
-    } else {
-        rejection.body_text()
-    };
+    let message = rejected_body_message(&rejection, state.settings.max_body_bytes);
     OpenAiError::new(rejection.status(), message).closing_connection()
 }
 

@@ -22,12 +22,7 @@ pub(super) async fn infer(
     deadline: Option<Instant>,
     max_inputs: usize,
 ) -> Result<(Vec<OutputTensor>, BatchStats), V2Error> {
-    let [input] = <[_; 1]>::try_from(request.inputs).map_err(|inputs| {
-        V2Error::bad_request(format!("this model takes exactly one input, '{INPUT}'; the request has {}", inputs.len()))
-    })?;
-    if input.name != INPUT {
-        return Err(V2Error::bad_request(format!("unknown input '{}': this model's input is '{INPUT}'", input.name)));
-    }
+    let input = super::single_input(request.inputs, INPUT)?;
     let TensorData::Bytes(items) = input.data else {
         return Err(V2Error::bad_request(format!("input '{INPUT}' must be BYTES, not {}", input.datatype.name())));
     };

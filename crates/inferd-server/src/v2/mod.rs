@@ -23,7 +23,18 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::{AppState, insert_batch_headers, labelled};
-use crate::error::V2Error;
+use crate::error::{V2Error, rejected_body_message};
+
+/// The request's one input, which must be named `name`.
+fn single_input(inputs: Vec<codec::InputTensor>, name: &str) -> Result<codec::InputTensor, V2Error> {
+    let [input] = <[_; 1]>::try_from(inputs).map_err(|inputs| {
+        V2Error::bad_request(format!("this model takes exactly one input, '{name}'; the request has {}", inputs.len()))
+    })?;
+    if input.name != name {
+        return Err(V2Error::bad_request(format!("unknown input '{}': this model's input is '{name}'", input.name)));
+    }
+    Ok(input)
+}
 
 /// The one version every model has.
 const VERSION: &str = "1";
@@ -196,11 +207,7 @@ async fn run_infer(
 ) -> Result<Response, V2Error> {
     let received = Instant::now();
     let body = body.map_err(|rejection| {
-        let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("the request body exceeds the length limit of {} bytes", state.settings.max_body_bytes)
-        } else {
-            rejection.body_text()
-        };
+        let message = rejected_body_message(&rejection, state.settings.max_body_bytes);
         V2Error::new(rejection.status(), message).closing_connection()
     })?;
     let model = state.registry.get(name)?;

@@ -29,12 +29,7 @@ pub(super) async fn infer(
     deadline: Option<Instant>,
 ) -> Result<(Vec<OutputTensor>, BatchStats), V2Error> {
     let schema = service.schema();
-    let [input] = <[_; 1]>::try_from(request.inputs).map_err(|inputs| {
-        V2Error::bad_request(format!("this model takes exactly one input, '{INPUT}'; the request has {}", inputs.len()))
-    })?;
-    if input.name != INPUT {
-        return Err(V2Error::bad_request(format!("unknown input '{}': this model's input is '{INPUT}'", input.name)));
-    }
+    let input = super::single_input(request.inputs, INPUT)?;
     let TensorData::Numeric(values) = input.data else {
         return Err(V2Error::bad_request(format!("input '{INPUT}' must be numeric, not {}", input.datatype.name())));
     };
