@@ -133,13 +133,15 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads a configuration file; model paths become relative to the file's directory.
+    /// Reads a configuration file; model paths, and the key, JWKS and TLS files the server
+    /// settings name, become relative to the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let mut config: Config = toml::from_str(&text)
             .map_err(|err| ConfigError::Parse { path: path.to_path_buf(), message: err.to_string() })?;
         let base = path.parent().unwrap_or(Path::new(""));
+        config.server.rebase_paths(base);
         for model in &mut config.models {
             let hub = model.path.to_str().is_some_and(ModelSource::is_hub);
             if model.path.is_relative() && !hub {
@@ -187,6 +189,9 @@ mod tests {
             listen = "0.0.0.0:9000"
             request_timeout = "5s"
 
+            [server.auth]
+            keys_file = "keys.toml"
+
             [[models]]
             name = "iris"
             kind = "linear"
@@ -201,6 +206,7 @@ mod tests {
         let config = Config::load(&file).unwrap();
         config.validate().unwrap();
         assert_eq!(config.server.listen.port(), 9000);
+        assert_eq!(config.server.auth.keys_file, Some(dir.path().join("keys.toml")));
         assert_eq!(config.server.request_timeout, std::time::Duration::from_secs(5));
         let model = &config.models[0];
         assert_eq!(model.path, dir.path().join("iris/model.json"));
@@ -226,5 +232,10 @@ mod tests {
         let mut endless = Config { models: vec![ModelConfig::new("a", ModelKind::Linear, "x")], ..Config::default() };
         endless.server.request_timeout = std::time::Duration::from_secs(1 << 40);
         assert!(endless.validate().unwrap_err().to_string().contains("request_timeout"));
+        let mut open = Config { models: vec![ModelConfig::new("a", ModelKind::Linear, "x")], ..Config::default() };
+        open.server.listen = "0.0.0.0:8080".parse().unwrap();
+        assert!(open.validate().unwrap_err().to_string().contains("without authentication"));
+        open.server.allow_unauthenticated = true;
+        open.validate().unwrap();
     }
 }

@@ -26,7 +26,7 @@ use config::{Config, ConfigError};
 use std::collections::HashMap;
 
 use inferd_core::{Device, DeviceError, DeviceSpec, Metrics, ModelRegistry, device_name};
-use inferd_server::AppState;
+use inferd_server::{AppState, Telemetry, TlsListener, TlsSettings};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,15 @@ pub enum ServeError {
         /// Why its device cannot be used.
         source: DeviceError,
     },
+    /// The credentials' files cannot be used.
+    #[error(transparent)]
+    Auth(#[from] inferd_server::auth::AuthError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] inferd_server::tls::TlsError),
+    /// Trace export cannot start.
+    #[error(transparent)]
+    Telemetry(#[from] inferd_server::telemetry::TelemetryError),
     /// The listening socket could not be opened or failed.
     #[error("cannot serve on {address}: {source}")]
     Io {
@@ -87,11 +96,35 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     }
 
     let address = config.server.listen;
+    let tls = config.server.tls.as_ref().map(TlsSettings::acceptor).transpose()?;
+    let telemetry_settings = config.server.telemetry.clone();
+    // The exporter's HTTP client is a blocking one: start and stop it off the async threads.
+    let telemetry = tokio::task::spawn_blocking(move || Telemetry::start(&telemetry_settings))
+        .await
+        .map_err(|err| ConfigError::Invalid(format!("trace exporter: {err}")))??
+        .map(Arc::new);
+    let mut state = AppState::new(Arc::clone(&registry), config.server)?;
+    if !state.authenticator().is_enabled() {
+        tracing::warn!("no authentication configured: every request is served");
+    }
+    if let Some(telemetry) = &telemetry {
+        state = state.with_telemetry(Arc::clone(telemetry));
+    }
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|source| ServeError::Io { address, source })?;
     let bound = listener.local_addr().map_err(|source| ServeError::Io { address, source })?;
-    tracing::info!(address = %bound, models = config.models.len(), "listening");
-    let state = AppState::new(Arc::clone(&registry), config.server);
-    inferd_server::serve(listener, state, shutdown).await.map_err(|source| ServeError::Io { address, source })?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %bound, scheme, models = config.models.len(), "listening");
+    let served = match tls {
+        Some(acceptor) => {
+            let listener = TlsListener::new(listener, acceptor).map_err(|source| ServeError::Io { address, source })?;
+            inferd_server::serve(listener, state, shutdown).await
+        }
+        None => inferd_server::serve(listener, state, shutdown).await,
+    };
+    served.map_err(|source| ServeError::Io { address, source })?;
+    if let Some(telemetry) = telemetry {
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    }
 
     // In-flight HTTP requests are done; close the queues (workers finish what is queued, then
     // exit on their own).

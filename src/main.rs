@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use inferd::config::{Config, DEFAULT_CONFIG};
 use inferd::core::DeviceSpec;
 
-/// inferd: serve models over the Open Inference Protocol (KServe v2) HTTP API.
+/// inferd: serve models over OpenAI-compatible and Open Inference Protocol (KServe v2) HTTP APIs.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -20,7 +20,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the configured models over HTTP until SIGTERM or Ctrl-C.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Print the SHA-256 of an API key read from standard input, as `[server.auth]` keys take it.
+    HashKey,
 }
 
 /// Flags override the configuration file; each flag can also be set by its environment
@@ -48,9 +50,33 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "INFERD_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
+    /// Most inference requests answered at once; more are answered 503 with Retry-After.
+    #[arg(long, env = "INFERD_MAX_CONCURRENT_REQUESTS")]
+    max_concurrent_requests: Option<usize>,
+    /// A keys file of `[[keys]]` (id, sha256, models, limits), reloaded on SIGHUP.
+    #[arg(long, env = "INFERD_KEYS_FILE")]
+    keys_file: Option<PathBuf>,
+    /// Serve on a non-loopback address without authentication, on purpose.
+    #[arg(long, env = "INFERD_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
+    /// Export traces over OTLP/HTTP to this collector endpoint (e.g. http://localhost:4318).
+    #[arg(long, env = "INFERD_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Log filter, in tracing's syntax (e.g. info, inferd=debug).
     #[arg(long, env = "INFERD_LOG", default_value = "info")]
     log: String,
+    /// Log format: text (for people) or json (one object per line, for log pipelines).
+    #[arg(long, env = "INFERD_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -81,6 +107,18 @@ impl ServeArgs {
         }
         if let Some(bytes) = self.max_body_bytes {
             config.server.max_body_bytes = bytes;
+        }
+        if let Some(limit) = self.max_concurrent_requests {
+            config.server.max_concurrent_requests = limit;
+        }
+        if let Some(path) = &self.keys_file {
+            config.server.auth.keys_file = Some(path.clone());
+        }
+        if self.allow_unauthenticated {
+            config.server.allow_unauthenticated = true;
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            config.server.telemetry.otlp_endpoint = Some(endpoint.clone());
         }
         if let Some(device) = self.device {
             for model in &mut config.models {
@@ -124,14 +162,23 @@ fn missing_cpu_features() -> Option<&'static str> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
-                .init();
+            let filter = tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
+            let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+            match args.log_format {
+                LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+                LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+            }
             let config = args.config()?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(inferd::serve(config, inferd::server::shutdown_signal()))?;
+            Ok(())
+        }
+        Command::HashKey => {
+            let mut key = String::new();
+            std::io::stdin().read_line(&mut key).context("cannot read the key from standard input")?;
+            let key = key.trim_end_matches(['\n', '\r']);
+            anyhow::ensure!(!key.is_empty(), "no key on standard input");
+            println!("{}", inferd::server::hash_key(key));
             Ok(())
         }
     }
@@ -154,7 +201,7 @@ mod tests {
         let parse = |extra: &[&str]| {
             let mut args = vec!["inferd", "serve", "--config", file.to_str().unwrap()];
             args.extend(extra);
-            let Command::Serve(args) = Cli::try_parse_from(args).unwrap().command;
+            let Command::Serve(args) = Cli::try_parse_from(args).unwrap().command else { unreachable!() };
             args.config().unwrap()
         };
         let from_file = parse(&[]);

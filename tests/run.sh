@@ -46,7 +46,45 @@ except Exception:
   sleep 0.1
 done
 
-INFERD_URL="127.0.0.1:$port" "$venv/bin/python" -m unittest discover -s tests/python -v
+# A second server with API keys and quotas, for the openai client's authentication tests.
+auth_dir="$root/target/auth-test"
+mkdir -p "$auth_dir"
+test_key="$("$venv/bin/python" -c 'import secrets; print(secrets.token_hex(24))')"
+limited_key="$("$venv/bin/python" -c 'import secrets; print(secrets.token_hex(24))')"
+cat >"$auth_dir/keys.toml" <<KEYS
+[[keys]]
+id = "python-tests"
+sha256 = "$(printf '%s\n' "$test_key" | target/debug/inferd hash-key)"
+tokens_per_minute = 100000
+
+[[keys]]
+id = "python-limited"
+sha256 = "$(printf '%s\n' "$limited_key" | target/debug/inferd hash-key)"
+requests_per_minute = 2
+KEYS
+auth_port="$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+auth_log="$root/target/python-tests-auth-server.log"
+INFERD_LISTEN="127.0.0.1:$auth_port" INFERD_KEYS_FILE="$auth_dir/keys.toml" target/debug/inferd serve >"$auth_log" 2>&1 &
+auth_server=$!
+trap 'kill "$server" "$auth_server" 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do
+  if "$venv/bin/python" -c "import sys, urllib.request
+try:
+    sys.exit(urllib.request.urlopen('http://127.0.0.1:$auth_port/v2/health/ready').status != 200)
+except Exception:
+    sys.exit(1)"; then
+    break
+  fi
+  sleep 0.1
+done
+
+INFERD_URL="127.0.0.1:$port" INFERD_AUTH_URL="127.0.0.1:$auth_port" INFERD_TEST_KEY="$test_key" \
+  INFERD_LIMITED_KEY="$limited_key" "$venv/bin/python" -m unittest discover -s tests/python -v
+kill "$auth_server"
+if grep -q -e "$test_key" -e "$limited_key" "$auth_log"; then
+  echo "an API key appeared in the server's log" >&2
+  exit 1
+fi
 
 # The server must drain and exit cleanly on SIGTERM.
 kill -TERM "$server"

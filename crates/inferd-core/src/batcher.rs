@@ -359,6 +359,7 @@ impl<M: BatchModel> Shared<M> {
         let batch_size: usize = batch.iter().map(|job| job.size).sum();
         let mut requests = Vec::with_capacity(batch_requests);
         let mut replies = Vec::with_capacity(batch_requests);
+        self.metrics.batch_started(batch_size);
         for job in batch {
             self.metrics.queue_duration.observe(started.duration_since(job.enqueued).as_secs_f64());
             requests.push(job.request);

@@ -1,8 +1,10 @@
 //! The ways a request can fail, independent of any wire protocol.
 //!
 //! Protocol adapters map each kind to their own status codes and error shapes; the kinds are
-//! chosen so that the mapping is one-to-one (bad input → 400, unknown model → 404, overloaded →
-//! 429, not ready or shutting down → 503, deadline → 504, anything else → 500).
+//! chosen so that the mapping is one-to-one (bad input → 400, no or bad credentials → 401,
+//! caller not allowed the model → 403, unknown model → 404, model queue full or caller's quota
+//! spent → 429, not ready, shutting down or at the concurrency limit → 503, deadline → 504,
+//! anything else → 500).
 
 use std::time::Duration;
 
@@ -31,6 +33,28 @@ pub enum InferError {
         /// An estimate of when the queue will have room, from its depth and observed throughput.
         retry_after: Duration,
     },
+    /// The request carries no credentials, or ones that are not valid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's credentials do not allow this model.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The caller has spent its requests or tokens per minute; the budget refills after the
+    /// given time.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Which budget is spent and what it allows.
+        message: String,
+        /// When enough of the budget will have refilled.
+        retry_after: Duration,
+    },
+    /// The server is answering as many requests as it is configured to; the client should retry
+    /// after the given time.
+    #[error("the server is at its limit of concurrent requests; retry after {}s", retry_after.as_secs())]
+    Busy {
+        /// An estimate of when a slot will be free, from recent request durations.
+        retry_after: Duration,
+    },
     /// The request's deadline passed before it was answered; if it was still queued, it was
     /// dropped and never run.
     #[error("request deadline exceeded before the model answered")]
@@ -51,6 +75,10 @@ impl InferError {
             Self::ModelNotFound(_) => "not_found",
             Self::NotReady { .. } => "not_ready",
             Self::Overloaded { .. } => "overload",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::PermissionDenied(_) => "permission_denied",
+            Self::Busy { .. } => "busy",
+            Self::QuotaExceeded { .. } => "quota",
             Self::Timeout => "timeout",
             Self::ShuttingDown => "shutting_down",
             Self::Internal(_) => "internal",
@@ -60,7 +88,9 @@ impl InferError {
     /// When the client may usefully retry, if the failure is transient and the wait is known.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Overloaded { retry_after, .. } => Some(*retry_after),
+            Self::Overloaded { retry_after, .. }
+            | Self::QuotaExceeded { retry_after, .. }
+            | Self::Busy { retry_after } => Some(*retry_after),
             _ => None,
         }
     }

@@ -1,40 +1,61 @@
-//! The axum application: shared state, routes, and the request-observing middleware.
+//! The axum application: shared state and routes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use inferd_core::{BatchStats, Metrics, ModelRegistry};
+use inferd_core::{InferError, Metrics, ModelRegistry, ServedModel};
+use tokio::sync::Semaphore;
 
+use crate::auth::{AuthError, Authenticator, Caller};
 use crate::error::V2Error;
 use crate::settings::ServerSettings;
-use crate::{openai, v2};
+use crate::telemetry::Telemetry;
+use crate::{guard, observe, openai, v2};
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub(crate) registry: Arc<ModelRegistry>,
     pub(crate) settings: Arc<ServerSettings>,
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) telemetry: Option<Arc<Telemetry>>,
+    /// One permit per inference request being answered, up to `max_concurrent_requests`.
+    pub(crate) concurrency: Arc<Semaphore>,
+    /// Moving average of inference request durations, in seconds (as `f64` bits), from which
+    /// `Retry-After` is estimated when the server is at its concurrency limit.
+    request_seconds: Arc<AtomicU64>,
     /// When the server started, as OpenAI's model listing reports it.
     pub(crate) started: SystemTime,
     draining: Arc<AtomicBool>,
 }
 
 impl AppState {
-    /// State over `registry`'s models.
-    pub fn new(registry: Arc<ModelRegistry>, settings: ServerSettings) -> Self {
-        Self {
+    /// State over `registry`'s models; reads the key and JWKS files the settings name.
+    pub fn new(registry: Arc<ModelRegistry>, settings: ServerSettings) -> Result<Self, AuthError> {
+        let auth = Authenticator::new(settings.auth.clone())?;
+        Ok(Self {
             registry,
+            concurrency: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             settings: Arc::new(settings),
+            auth: Arc::new(auth),
+            telemetry: None,
+            request_seconds: Arc::new(AtomicU64::new(0)),
             started: SystemTime::now(),
             draining: Arc::new(AtomicBool::new(false)),
-        }
+        })
+    }
+
+    /// Exports a trace of every request through `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// The models served.
@@ -42,8 +63,36 @@ impl AppState {
         &self.registry
     }
 
+    /// The credentials checker, to reload its files.
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
+    }
+
     pub(crate) fn metrics(&self) -> &Metrics {
         self.registry.metrics()
+    }
+
+    /// The model `name`, if it exists and `caller` may use it.
+    pub(crate) fn model(&self, caller: &Caller, name: &str) -> Result<Arc<ServedModel>, InferError> {
+        caller.check_model(name)?;
+        self.registry.get(name)
+    }
+
+    /// Folds a finished inference request's duration into the moving average.
+    pub(crate) fn record_request_time(&self, elapsed: Duration) {
+        let sample = elapsed.as_secs_f64();
+        let _ = self.request_seconds.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+            let previous = f64::from_bits(bits);
+            let average = if previous == 0.0 { sample } else { 0.9 * previous + 0.1 * sample };
+            Some(average.to_bits())
+        });
+    }
+
+    /// When a request refused at the concurrency limit may usefully retry: the requests in
+    /// flight finish in about one average request duration, at least a second.
+    pub(crate) fn busy_retry_after(&self) -> Duration {
+        let average = f64::from_bits(self.request_seconds.load(Ordering::Relaxed));
+        Duration::from_secs(average.ceil().clamp(1.0, self.settings.request_timeout.as_secs_f64().ceil()) as u64)
     }
 
     /// Marks the server as draining: readiness turns false so balancers stop sending traffic.
@@ -70,21 +119,15 @@ pub(crate) fn labelled(state: &AppState, name: &str, response: impl IntoResponse
     response
 }
 
-/// Makes batching observable per request: `Server-Timing` with the queue and compute stages in
-/// milliseconds, and `inferd-batch-size` with the items in the batch that answered it.
-pub(crate) fn insert_batch_headers(headers: &mut HeaderMap, stats: &BatchStats) {
-    let timing = format!(
-        "queue;dur={:.3}, compute;dur={:.3}",
-        stats.queue_time.as_secs_f64() * 1e3,
-        stats.compute_time.as_secs_f64() * 1e3
-    );
-    if let Ok(value) = HeaderValue::from_str(&timing) {
-        headers.insert("server-timing", value);
-    }
-    headers.insert("inferd-batch-size", HeaderValue::from(stats.batch_size));
+/// Tokens a request processed, set by handlers for metrics, quotas and logs.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TokenUsage {
+    pub(crate) prompt: u64,
+    pub(crate) completion: u64,
 }
 
-/// Every route of the server.
+/// Every route of the server, behind the guard (credentials, quotas, concurrency, timeout)
+/// and the observer (request ids, metrics, Server-Timing, logs, traces).
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_body_bytes;
     Router::new()
@@ -94,21 +137,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(middleware::from_fn_with_state(state.clone(), observe::observe))
         .with_state(state)
-}
-
-/// Counts and times every request by model, endpoint and status.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let endpoint = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
-    let response = next.run(request).await;
-    let model = response.extensions().get::<ModelLabel>().map_or("", |label| label.0.as_str());
-    state.metrics().observe_request(model, &endpoint, response.status().as_u16(), started.elapsed());
-    response
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -4,17 +4,80 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use inferd_core::InferError;
+use inferd_core::{InferError, RejectReason};
+
+use crate::openai::OpenAiError;
 
 /// The HTTP status for each kind of failure, the same for every protocol.
 pub(crate) fn status_of(err: &InferError) -> StatusCode {
     match err {
         InferError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+        InferError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        InferError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        InferError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+        InferError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         InferError::ModelNotFound(_) => StatusCode::NOT_FOUND,
         InferError::NotReady { .. } | InferError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         InferError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
         InferError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         InferError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Why a failure refused the request, for `inferd_rejected_requests_total`; `None` for faults
+/// of the server itself.
+pub(crate) fn reject_reason(err: &InferError) -> Option<RejectReason> {
+    match err {
+        InferError::Unauthenticated(_) | InferError::PermissionDenied(_) => Some(RejectReason::Auth),
+        InferError::QuotaExceeded { .. } => Some(RejectReason::Quota),
+        InferError::Overloaded { .. }
+        | InferError::Busy { .. }
+        | InferError::NotReady { .. }
+        | InferError::ShuttingDown => Some(RejectReason::Overload),
+        InferError::Timeout => Some(RejectReason::Timeout),
+        InferError::InvalidInput(_) | InferError::ModelNotFound(_) => Some(RejectReason::Invalid),
+        InferError::Internal(_) => None,
+    }
+}
+
+/// The reason for a refusal that did not come from an [`InferError`], from its status.
+pub(crate) fn reject_reason_of_status(status: StatusCode) -> Option<RejectReason> {
+    match status.as_u16() {
+        401 | 403 => Some(RejectReason::Auth),
+        429 | 503 => Some(RejectReason::Overload),
+        504 => Some(RejectReason::Timeout),
+        400..=499 => Some(RejectReason::Invalid),
+        _ => None,
+    }
+}
+
+/// `err` in the error shape of the protocol that `path` belongs to: OpenAI's under `/v1/`, the
+/// Open Inference Protocol's elsewhere.
+pub(crate) fn protocol_error(path: &str, err: InferError) -> Response {
+    if path.starts_with("/v1/") { OpenAiError::from(err).into_response() } else { V2Error::from(err).into_response() }
+}
+
+/// The headers every error response shares: `Connection: close` when the body was not read
+/// to its end, `Retry-After` in whole seconds when the wait is known, `WWW-Authenticate` on
+/// 401, and the refusal's reason for the metrics.
+pub(crate) fn finish_error(
+    response: &mut Response,
+    close_connection: bool,
+    retry_after: Option<Duration>,
+    reason: Option<RejectReason>,
+) {
+    let headers = response.headers_mut();
+    if close_connection {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(wait) = retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+    }
+    if response.status() == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(reason) = reason {
+        response.extensions_mut().insert(reason);
     }
 }
 
@@ -36,11 +99,12 @@ pub(crate) struct V2Error {
     message: String,
     retry_after: Option<Duration>,
     close_connection: bool,
+    reason: Option<RejectReason>,
 }
 
 impl V2Error {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), retry_after: None, close_connection: false }
+        Self { status, message: message.into(), retry_after: None, close_connection: false, reason: None }
     }
 
     /// Asks the client not to reuse the connection: for errors raised before the request body
@@ -60,6 +124,7 @@ impl From<InferError> for V2Error {
         Self {
             status: status_of(&err),
             retry_after: err.retry_after(),
+            reason: reject_reason(&err),
             message: err.to_string(),
             close_connection: false,
         }
@@ -73,13 +138,7 @@ impl IntoResponse for V2Error {
         }
         let body = serde_json::json!({ "error": self.message });
         let mut response = (self.status, axum::Json(body)).into_response();
-        if self.close_connection {
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        if let Some(wait) = self.retry_after {
-            let seconds = wait.as_secs().max(1);
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
+        finish_error(&mut response, self.close_connection, self.retry_after, self.reason);
         response
     }
 }

@@ -1,24 +1,37 @@
-//! inferd's HTTP server: the Open Inference Protocol (v2) and OpenAI-compatible routes, health
-//! and readiness,
-//! Prometheus metrics and graceful shutdown, over the models of an
-//! [`inferd_core::ModelRegistry`].
+//! inferd's HTTP server: the Open Inference Protocol (v2) and OpenAI-compatible routes over the
+//! models of an [`inferd_core::ModelRegistry`], with what running it in production takes: API
+//! keys and JWT, per-caller quotas, a concurrency limit, timeouts, Prometheus metrics,
+//! `Server-Timing`, request logs, OpenTelemetry traces, TLS, health, readiness and graceful
+//! shutdown.
 //!
 //! ```no_run
 //! # async fn run(registry: std::sync::Arc<inferd_core::ModelRegistry>) -> std::io::Result<()> {
 //! use inferd_server::{AppState, ServerSettings};
 //! let settings = ServerSettings::default();
 //! let listener = tokio::net::TcpListener::bind(settings.listen).await?;
-//! inferd_server::serve(listener, AppState::new(registry, settings), inferd_server::shutdown_signal()).await
+//! let state = AppState::new(registry, settings).expect("no key files to read");
+//! inferd_server::serve(listener, state, inferd_server::shutdown_signal()).await
 //! # }
 //! ```
 
 mod app;
+pub mod auth;
 mod error;
+mod guard;
+mod observe;
 pub mod openai;
+mod quota;
 mod serve;
 mod settings;
+pub mod telemetry;
+mod timing;
+pub mod tls;
 pub mod v2;
 
 pub use app::{AppState, router};
+pub use auth::{AuthSettings, Authenticator, Caller, hash_key};
+pub use quota::Limits;
 pub use serve::{serve, shutdown_signal};
 pub use settings::ServerSettings;
+pub use telemetry::{Telemetry, TelemetrySettings};
+pub use tls::{TlsListener, TlsSettings};

@@ -1,8 +1,9 @@
 //! Serving with graceful shutdown.
 
+use std::fmt::Debug;
 use std::future::Future;
 
-use tokio::net::TcpListener;
+use axum::serve::Listener;
 
 use crate::app::{AppState, router};
 
@@ -15,11 +16,20 @@ use crate::app::{AppState, router};
 /// Connections still busy at the drain timeout are abandoned, not cancelled: `serve` returns and
 /// their tasks end when the tokio runtime shuts down (as the `inferd` binary does right after).
 /// Models are not closed here: the caller owns the registry and closes it afterwards.
-pub async fn serve(
-    listener: TcpListener,
+///
+/// `listener` is a `tokio::net::TcpListener` for HTTP or a [`crate::TlsListener`] for HTTPS.
+/// On Unix, SIGHUP reads the keys file and JWKS file again.
+pub async fn serve<L>(
+    listener: L,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: Listener,
+    L::Addr: Debug,
+{
+    #[cfg(unix)]
+    let reloader = tokio::spawn(reload_on_hangup(state.clone()));
     let drain_delay = state.settings.drain_delay;
     let drain_timeout = state.settings.drain_timeout;
     let (drain_started, drain_signal) = tokio::sync::oneshot::channel::<()>();
@@ -43,11 +53,36 @@ pub async fn serve(
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
+    let served = tokio::select! {
         served = server => served,
         () = deadline => {
             tracing::warn!(timeout = ?drain_timeout, "drain timeout reached; abandoning requests still in flight");
             Ok(())
+        }
+    };
+    #[cfg(unix)]
+    reloader.abort();
+    served
+}
+
+/// Reloads the credentials' files on each SIGHUP; a file that fails to load leaves the previous
+/// credentials in force.
+#[cfg(unix)]
+async fn reload_on_hangup(state: AppState) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::error!(%err, "cannot listen for SIGHUP; credentials will not be reloaded");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let auth = std::sync::Arc::clone(state.authenticator());
+        match tokio::task::spawn_blocking(move || auth.reload()).await {
+            Ok(Ok(keys)) => tracing::info!(keys, "SIGHUP: credentials reloaded"),
+            Ok(Err(err)) => tracing::error!(%err, "SIGHUP: reload failed; the previous credentials stay in force"),
+            Err(err) => tracing::error!(%err, "SIGHUP: reload failed"),
         }
     }
 }

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::AuthSettings;
+use crate::telemetry::TelemetrySettings;
+use crate::tls::TlsSettings;
+
 /// How the HTTP server listens, limits and shuts down.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -26,12 +30,47 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Most inputs (texts or token arrays) in one embedding request; more are answered 400.
     pub max_embedding_inputs: usize,
+    /// Most inference requests answered at once, all models together; more are answered 503
+    /// with `Retry-After` at once rather than queued without bound.
+    pub max_concurrent_requests: usize,
+    /// Serve on a non-loopback address without any authentication configured. Off by default:
+    /// such a server refuses to start.
+    pub allow_unauthenticated: bool,
+    /// Log request and response bodies at debug level (target `inferd::payload`). Off by
+    /// default: payloads may hold personal data.
+    pub log_payloads: bool,
+    /// API keys, JWT validation and whether `/metrics` is protected.
+    pub auth: AuthSettings,
+    /// HTTPS certificate and key; plain HTTP when absent.
+    pub tls: Option<TlsSettings>,
+    /// OpenTelemetry trace export.
+    pub telemetry: TelemetrySettings,
 }
 
 /// The longest any of the durations above may be: longer ones are configuration mistakes.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 impl ServerSettings {
+    /// Makes the paths of the files the settings name (keys, JWKS, TLS) relative to `base`,
+    /// the configuration file's directory.
+    pub fn rebase_paths(&mut self, base: &std::path::Path) {
+        let rebase = |path: &mut std::path::PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        if let Some(path) = &mut self.auth.keys_file {
+            rebase(path);
+        }
+        if let Some(jwt) = &mut self.auth.jwt {
+            rebase(&mut jwt.jwks_file);
+        }
+        if let Some(tls) = &mut self.tls {
+            rebase(&mut tls.cert);
+            rebase(&mut tls.key);
+        }
+    }
+
     /// Checks the settings can be served with.
     pub fn validate(&self) -> Result<(), String> {
         if self.request_timeout.is_zero() {
@@ -52,6 +91,17 @@ impl ServerSettings {
         if self.max_embedding_inputs == 0 {
             return Err("max_embedding_inputs must be more than zero".into());
         }
+        if self.max_concurrent_requests == 0 {
+            return Err("max_concurrent_requests must be more than zero".into());
+        }
+        if !self.listen.ip().is_loopback() && !self.auth.is_configured() && !self.allow_unauthenticated {
+            return Err(format!(
+                "refusing to serve {} without authentication: configure [server.auth] keys, a keys_file or \
+                 jwt, or pass --allow-unauthenticated (INFERD_ALLOW_UNAUTHENTICATED=true) to serve \
+                 openly on purpose",
+                self.listen
+            ));
+        }
         Ok(())
     }
 }
@@ -65,6 +115,12 @@ impl Default for ServerSettings {
             drain_timeout: Duration::from_secs(30),
             max_body_bytes: 64 * 1024 * 1024,
             max_embedding_inputs: 2048,
+            max_concurrent_requests: 512,
+            allow_unauthenticated: false,
+            log_payloads: false,
+            auth: AuthSettings::default(),
+            tls: None,
+            telemetry: TelemetrySettings::default(),
         }
     }
 }

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -18,13 +19,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
-use inferd_core::{BatchStats, EmbeddingService, InferError, ServedModel, TextInput};
+use inferd_core::{EmbeddingService, InferError, ServedModel, TextInput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::OpenAiError;
-use crate::app::{AppState, insert_batch_headers, labelled};
+use crate::app::{AppState, TokenUsage, labelled};
+use crate::auth::Caller;
 use crate::error::rejected_body_message;
+use crate::quota::TokenReservation;
+use crate::timing::{Stage, Timing};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +82,12 @@ fn truncate_by_default() -> bool {
 }
 
 /// Answers `POST /v1/embeddings`.
-pub(crate) async fn embeddings(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+pub(crate) async fn embeddings(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Extension(timing): Extension<Timing>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let received = Instant::now();
     let body = match body {
         Ok(body) => body,
@@ -91,7 +100,7 @@ pub(crate) async fn embeddings(State(state): State<AppState>, body: Result<Bytes
         }
     };
     let model = request.model.clone();
-    let result = run(&state, request, received).await;
+    let result = run(&state, &caller, &timing, request, received).await;
     labelled(&state, &model, result)
 }
 
@@ -100,7 +109,13 @@ fn body_error(state: &AppState, rejection: BytesRejection) -> OpenAiError {
     OpenAiError::new(rejection.status(), message).closing_connection()
 }
 
-async fn run(state: &AppState, request: EmbeddingsRequest, received: Instant) -> Result<Response, OpenAiError> {
+async fn run(
+    state: &AppState,
+    caller: &Caller,
+    timing: &Timing,
+    request: EmbeddingsRequest,
+    received: Instant,
+) -> Result<Response, OpenAiError> {
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -111,7 +126,7 @@ async fn run(state: &AppState, request: EmbeddingsRequest, received: Instant) ->
             ));
         }
     };
-    let served = state.registry.get(&request.model)?;
+    let served = state.model(caller, &request.model)?;
     let Some(service) = served.embedding() else {
         return Err(OpenAiError::invalid("model", format!("model '{}' is not an embedding model", request.model)));
     };
@@ -120,7 +135,9 @@ async fn run(state: &AppState, request: EmbeddingsRequest, received: Instant) ->
     let deadline = received.checked_add(state.settings.request_timeout);
 
     let normalized = service.info().normalized;
-    let (vectors, tokens, stats) = embed(&served, inputs, request.truncate, deadline).await?;
+    timing.mark(Stage::Parse);
+    let Embedded { vectors, tokens, reservation } =
+        embed(&served, inputs, request.truncate, deadline, caller, timing).await?;
     let data: Vec<EmbeddingItem> = vectors
         .into_iter()
         .enumerate()
@@ -142,18 +159,38 @@ async fn run(state: &AppState, request: EmbeddingsRequest, received: Instant) ->
         usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
     };
     let mut response = axum::Json(body).into_response();
-    insert_batch_headers(response.headers_mut(), &stats);
+    timing.mark(Stage::Serialize);
+    Embedded::settle(reservation, tokens, &mut response);
     Ok(response)
 }
 
-/// Encodes the inputs off the async threads, then embeds them through the model's batcher;
-/// returns the vectors, the tokens they took, and how they were batched.
+/// Embeddings with the tokens they took, still reserved against the caller's quota.
+pub(crate) struct Embedded {
+    pub(crate) vectors: Vec<Vec<f32>>,
+    pub(crate) tokens: usize,
+    pub(crate) reservation: Option<TokenReservation>,
+}
+
+impl Embedded {
+    /// Charges the tokens to the caller's quota and records them on the response.
+    pub(crate) fn settle(reservation: Option<TokenReservation>, tokens: usize, response: &mut Response) {
+        if let Some(reservation) = reservation {
+            reservation.settle(tokens as u64);
+        }
+        response.extensions_mut().insert(TokenUsage { prompt: tokens as u64, completion: 0 });
+    }
+}
+
+/// Encodes the inputs off the async threads, reserves their tokens from the caller's quota, then
+/// embeds them through the model's batcher, marking the stages on `timing`.
 pub(crate) async fn embed(
     served: &Arc<ServedModel>,
     inputs: Vec<TextInput>,
     truncate: bool,
     deadline: Option<Instant>,
-) -> Result<(Vec<Vec<f32>>, usize, BatchStats), InferError> {
+    caller: &Caller,
+    timing: &Timing,
+) -> Result<Embedded, InferError> {
     let model = Arc::clone(served);
     let sequences = tokio::task::spawn_blocking(move || match model.embedding() {
         Some(service) => service.encode(&inputs, truncate),
@@ -161,12 +198,15 @@ pub(crate) async fn embed(
     })
     .await
     .map_err(|err| InferError::Internal(format!("tokenization failed: {err}")))??;
-    let tokens = sequences.iter().map(Vec::len).sum();
+    let tokens: usize = sequences.iter().map(Vec::len).sum();
+    timing.mark(Stage::Tokenize);
+    let reservation = caller.reserve_tokens(tokens as u64)?;
     let service = served
         .embedding()
         .ok_or_else(|| InferError::Internal(format!("model '{}' is not an embedding model", served.name)))?;
     let done = service.embed(sequences, deadline).await?;
-    Ok((done.output, tokens, done.stats))
+    timing.batch(&done.stats);
+    Ok(Embedded { vectors: done.output, tokens, reservation })
 }
 
 /// Reads OpenAI's four forms of `input`.

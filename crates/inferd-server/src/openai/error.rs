@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use inferd_core::InferError;
+use inferd_core::{InferError, RejectReason};
 use serde_json::json;
 
-use crate::error::status_of;
+use crate::error::{finish_error, reject_reason, status_of};
 
 /// An error as OpenAI's API reports it.
 #[derive(Debug)]
@@ -19,11 +19,20 @@ pub(crate) struct OpenAiError {
     code: Option<&'static str>,
     retry_after: Option<Duration>,
     close_connection: bool,
+    reason: Option<RejectReason>,
 }
 
 impl OpenAiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), param: None, code: None, retry_after: None, close_connection: false }
+        Self {
+            status,
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after: None,
+            close_connection: false,
+            reason: None,
+        }
     }
 
     /// A 400 about the request's parameter `param`.
@@ -52,13 +61,16 @@ impl From<InferError> for OpenAiError {
     fn from(err: InferError) -> Self {
         let code = match &err {
             InferError::ModelNotFound(_) => Some("model_not_found"),
-            InferError::Overloaded { .. } => Some("rate_limit_exceeded"),
+            InferError::Overloaded { .. } | InferError::QuotaExceeded { .. } => Some("rate_limit_exceeded"),
+            InferError::Unauthenticated(_) => Some("invalid_api_key"),
+            InferError::PermissionDenied(_) => Some("model_not_allowed"),
+            InferError::Busy { .. } => Some("server_busy"),
             InferError::Timeout => Some("timeout"),
             InferError::NotReady { .. } | InferError::ShuttingDown => Some("service_unavailable"),
             InferError::InvalidInput(_) | InferError::Internal(_) => None,
         };
         let param = match &err {
-            InferError::ModelNotFound(_) => Some("model"),
+            InferError::ModelNotFound(_) | InferError::PermissionDenied(_) => Some("model"),
             InferError::InvalidInput(_) => Some("input"),
             _ => None,
         };
@@ -69,6 +81,7 @@ impl From<InferError> for OpenAiError {
             code,
             retry_after: err.retry_after(),
             close_connection: false,
+            reason: reject_reason(&err),
         }
     }
 }
@@ -82,12 +95,7 @@ impl IntoResponse for OpenAiError {
             "error": { "message": self.message, "type": self.kind(), "param": self.param, "code": self.code }
         });
         let mut response = (self.status, axum::Json(body)).into_response();
-        if self.close_connection {
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        if let Some(wait) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
-        }
+        finish_error(&mut response, self.close_connection, self.retry_after, self.reason);
         response
     }
 }

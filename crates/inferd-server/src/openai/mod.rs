@@ -11,7 +11,8 @@ use axum::routing::{get, post};
 
 use crate::app::AppState;
 
-pub(crate) use embeddings::embed;
+pub(crate) use embeddings::{Embedded, embed};
+pub(crate) use error::OpenAiError;
 
 /// The OpenAI-compatible routes.
 pub fn routes() -> Router<AppState> {

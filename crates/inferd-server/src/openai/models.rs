@@ -2,14 +2,15 @@
 
 use std::time::UNIX_EPOCH;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use inferd_core::InferError;
 use serde_json::{Value, json};
 
 use super::error::OpenAiError;
 use crate::app::{AppState, labelled};
+use crate::auth::Caller;
 
 fn entry(name: &str, created: u64) -> Value {
     json!({ "id": name, "object": "model", "created": created, "owned_by": "inferd" })
@@ -20,19 +21,31 @@ fn created(state: &AppState) -> u64 {
     state.started.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
-/// Every configured model, ready or not (readiness says which are ready).
-pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
+/// Every configured model the caller may use, ready or not (readiness says which are ready).
+pub(crate) async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<Value> {
     let created = created(&state);
-    let data: Vec<Value> = state.registry.statuses().iter().map(|(name, _)| entry(name, created)).collect();
+    let data: Vec<Value> = state
+        .registry
+        .statuses()
+        .iter()
+        .filter(|(name, _)| caller.may_use(name))
+        .map(|(name, _)| entry(name, created))
+        .collect();
     Json(json!({ "object": "list", "data": data }))
 }
 
 /// One configured model.
-pub(crate) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let response = if state.registry.contains(&id) {
-        Json(entry(&id, created(&state))).into_response()
-    } else {
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let response = if !state.registry.contains(&id) {
         OpenAiError::from(InferError::ModelNotFound(id.clone())).into_response()
+    } else if let Err(err) = caller.check_model(&id) {
+        OpenAiError::from(err).into_response()
+    } else {
+        Json(entry(&id, created(&state))).into_response()
     };
     labelled(&state, &id, response)
 }

@@ -6,10 +6,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use inferd_core::{BatchStats, ServedModel, TextInput};
+use inferd_core::{ServedModel, TextInput};
 
 use super::codec::{InferRequest, OutputData, OutputTensor, TensorData};
+use crate::auth::Caller;
 use crate::error::V2Error;
+use crate::openai::Embedded;
+use crate::timing::Timing;
 
 /// The name of an embedding model's input.
 pub(super) const INPUT: &str = "text";
@@ -21,7 +24,9 @@ pub(super) async fn infer(
     request: InferRequest,
     deadline: Option<Instant>,
     max_inputs: usize,
-) -> Result<(Vec<OutputTensor>, BatchStats), V2Error> {
+    caller: &Caller,
+    timing: &Timing,
+) -> Result<(Vec<OutputTensor>, Embedded), V2Error> {
     let input = super::single_input(request.inputs, INPUT)?;
     let TensorData::Bytes(items) = input.data else {
         return Err(V2Error::bad_request(format!("input '{INPUT}' must be BYTES, not {}", input.datatype.name())));
@@ -52,7 +57,8 @@ pub(super) async fn infer(
         }
         texts.push(TextInput::Text(text));
     }
-    let (vectors, _tokens, stats) = crate::openai::embed(model, texts, true, deadline).await?;
+    let mut embedded = crate::openai::embed(model, texts, true, deadline, caller, timing).await?;
+    let vectors = std::mem::take(&mut embedded.vectors);
     let rows = vectors.len();
     let dimensions = vectors.first().map_or(0, Vec::len);
     let output = OutputTensor {
@@ -61,5 +67,5 @@ pub(super) async fn infer(
         data: OutputData::F32(vectors.into_iter().flatten().collect()),
         binary,
     };
-    Ok((vec![output], stats))
+    Ok((vec![output], embedded))
 }

@@ -11,6 +11,7 @@ mod tabular;
 
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -22,8 +23,11 @@ use inferd_core::{InferError, ModelStatus, ModelTask, ServedModel};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::app::{AppState, insert_batch_headers, labelled};
+use crate::app::{AppState, labelled};
+use crate::auth::Caller;
 use crate::error::{V2Error, rejected_body_message};
+use crate::openai::Embedded;
+use crate::timing::{Stage, Timing};
 
 /// The request's one input, which must be named `name`.
 fn single_input(inputs: Vec<codec::InputTensor>, name: &str) -> Result<codec::InputTensor, V2Error> {
@@ -113,9 +117,13 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Response {
+async fn model_metadata(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(path): Path<ModelPath>,
+) -> Response {
     let result = path.check_version().and_then(|()| {
-        let model = state.registry.get(&path.name)?;
+        let model = state.model(&caller, &path.name)?;
         Ok(Json(metadata(&model)))
     });
     labelled(&state, &path.name, result)
@@ -172,12 +180,18 @@ fn metadata(model: &ServedModel) -> Value {
     }
 }
 
-async fn model_ready(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Response {
+async fn model_ready(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(path): Path<ModelPath>,
+) -> Response {
     let name = &path.name;
-    let response = match path.check_version().map(|()| state.registry.get(name)) {
+    let response = match path.check_version().map(|()| state.model(&caller, name)) {
         Err(err) => err.into_response(),
         Ok(Ok(_)) => (StatusCode::OK, Json(json!({ "name": name, "ready": true }))).into_response(),
-        Ok(Err(err @ InferError::ModelNotFound(_))) => V2Error::from(err).into_response(),
+        Ok(Err(err @ (InferError::ModelNotFound(_) | InferError::PermissionDenied(_)))) => {
+            V2Error::from(err).into_response()
+        }
         Ok(Err(err)) => {
             let body = json!({ "name": name, "ready": false, "error": err.to_string() });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
@@ -189,11 +203,13 @@ async fn model_ready(State(state): State<AppState>, Path(path): Path<ModelPath>)
 async fn infer(
     State(state): State<AppState>,
     Path(path): Path<ModelPath>,
+    Extension(caller): Extension<Caller>,
+    Extension(timing): Extension<Timing>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = match path.check_version() {
-        Ok(()) => run_infer(&state, &path.name, &headers, body).await,
+        Ok(()) => run_infer(&state, &caller, &timing, &path.name, &headers, body).await,
         Err(err) => Err(err),
     };
     labelled(&state, &path.name, result)
@@ -201,6 +217,8 @@ async fn infer(
 
 async fn run_infer(
     state: &AppState,
+    caller: &Caller,
+    timing: &Timing,
     name: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -210,7 +228,7 @@ async fn run_infer(
         let message = rejected_body_message(&rejection, state.settings.max_body_bytes);
         V2Error::new(rejection.status(), message).closing_connection()
     })?;
-    let model = state.registry.get(name)?;
+    let model = state.model(caller, name)?;
     let header_length = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(value) => Some(
@@ -222,6 +240,7 @@ async fn run_infer(
         ),
     };
     let request = codec::decode_request(&body, header_length).map_err(V2Error::bad_request)?;
+    timing.mark(Stage::Parse);
     let mut timeout = state.settings.request_timeout;
     if let Some(client_timeout) = request.timeout_us {
         timeout = timeout.min(Duration::from_micros(client_timeout));
@@ -229,10 +248,12 @@ async fn run_infer(
     // Settings bound the timeout, so this cannot overflow; if it somehow did, no deadline.
     let deadline = received.checked_add(timeout);
     let id = request.id.clone();
-    let (outputs, stats) = match &model.task {
-        ModelTask::Tabular(service) => tabular::infer(service, request, deadline).await?,
+    let (outputs, embedded) = match &model.task {
+        ModelTask::Tabular(service) => (tabular::infer(service, request, deadline, timing).await?, None),
         ModelTask::Embedding(_) => {
-            embedding::infer(&model, request, deadline, state.settings.max_embedding_inputs).await?
+            let max_inputs = state.settings.max_embedding_inputs;
+            let (outputs, embedded) = embedding::infer(&model, request, deadline, max_inputs, caller, timing).await?;
+            (outputs, Some(embedded))
         }
     };
     let encoded = codec::encode_response(name, id.as_deref(), &outputs);
@@ -247,6 +268,9 @@ async fn run_infer(
             response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
     }
-    insert_batch_headers(response_headers, &stats);
+    timing.mark(Stage::Serialize);
+    if let Some(embedded) = embedded {
+        Embedded::settle(embedded.reservation, embedded.tokens, &mut response);
+    }
     Ok(response)
 }

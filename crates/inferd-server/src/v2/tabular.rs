@@ -6,10 +6,11 @@
 
 use std::time::Instant;
 
-use inferd_core::{BatchStats, Rows, TabularOutput, TabularService, ValueKind, Values};
+use inferd_core::{Rows, TabularOutput, TabularService, ValueKind, Values};
 
 use super::codec::{DataType, InferRequest, OutputData, OutputTensor, RequestedOutput, TensorData};
 use crate::error::V2Error;
+use crate::timing::Timing;
 
 /// The name of a tabular model's one input.
 pub(super) const INPUT: &str = "input";
@@ -27,7 +28,8 @@ pub(super) async fn infer(
     service: &TabularService,
     request: InferRequest,
     deadline: Option<Instant>,
-) -> Result<(Vec<OutputTensor>, BatchStats), V2Error> {
+    timing: &Timing,
+) -> Result<Vec<OutputTensor>, V2Error> {
     let schema = service.schema();
     let input = super::single_input(request.inputs, INPUT)?;
     let TensorData::Numeric(values) = input.data else {
@@ -42,6 +44,7 @@ pub(super) async fn infer(
     let wanted = select_outputs(service, request.outputs, request.binary_output)?;
     let rows = Rows::new(n_rows, n_features, values)?;
     let done = service.predict(rows, deadline).await?;
+    timing.batch(&done.stats);
     let double = input.datatype == DataType::F64;
     let mut produced = done.output;
     let outputs = wanted
@@ -51,7 +54,7 @@ pub(super) async fn infer(
             Some(encode(produced.swap_remove(position), want.binary, double))
         })
         .collect();
-    Ok((outputs, done.stats))
+    Ok(outputs)
 }
 
 /// The outputs to return: those the request names (each must exist), else the defaults.

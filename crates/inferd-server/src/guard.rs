@@ -1,0 +1,55 @@
+//! The guard in front of every route but health (and `/metrics`, unless protected): who is
+//! calling, whether their requests-per-minute quota allows one more, whether the server has a
+//! free slot under `max_concurrent_requests`, and the request timeout. Refusals come in the
+//! error shape of the protocol the path belongs to.
+
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use inferd_core::InferError;
+
+use crate::app::AppState;
+use crate::error::protocol_error;
+
+/// Paths anyone may call: liveness and readiness, for orchestrators and load balancers.
+fn is_public(path: &str, state: &AppState) -> bool {
+    matches!(path, "/v2/health/live" | "/v2/health/ready") || (path == "/metrics" && !state.auth.protects_metrics())
+}
+
+/// Inference requests are the POSTs; they count against quotas and the concurrency limit.
+fn is_inference(method: &Method) -> bool {
+    method == Method::POST
+}
+
+pub(crate) async fn guard(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    if is_public(&path, &state) {
+        return next.run(request).await;
+    }
+    let caller = match state.auth.authenticate(request.headers()) {
+        Ok(caller) => caller,
+        Err(refused) => return protocol_error(&path, InferError::Unauthenticated(refused.0)),
+    };
+    let with_caller = |mut response: Response, caller| {
+        response.extensions_mut().insert(caller);
+        response
+    };
+    if !is_inference(request.method()) {
+        request.extensions_mut().insert(caller.clone());
+        return with_caller(next.run(request).await, caller);
+    }
+    if let Err(err) = caller.take_request() {
+        return with_caller(protocol_error(&path, err), caller);
+    }
+    let Ok(_permit) = state.concurrency.clone().try_acquire_owned() else {
+        let err = InferError::Busy { retry_after: state.busy_retry_after() };
+        return with_caller(protocol_error(&path, err), caller);
+    };
+    request.extensions_mut().insert(caller.clone());
+    let response = match tokio::time::timeout(state.settings.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => protocol_error(&path, InferError::Timeout),
+    };
+    with_caller(response, caller)
+}

@@ -1,0 +1,131 @@
+//! Where a request's time went: the stages `parse`, `tokenize`, `queue`, `compute` and
+//! `serialize`, recorded by handlers and reported by the observing middleware as a
+//! `Server-Timing` header, as histograms, in the request's log line and as trace spans.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use inferd_core::BatchStats;
+
+/// A stage of serving an inference request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Reading and decoding the request body.
+    Parse,
+    /// Turning texts into token ids.
+    Tokenize,
+    /// Waiting in the model's queue for a batch.
+    Queue,
+    /// Running the batch through the model.
+    Compute,
+    /// Encoding the response body.
+    Serialize,
+}
+
+impl Stage {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Parse => "parse",
+            Self::Tokenize => "tokenize",
+            Self::Queue => "queue",
+            Self::Compute => "compute",
+            Self::Serialize => "serialize",
+        }
+    }
+}
+
+/// One stage as it happened.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StageSpan {
+    pub(crate) stage: Stage,
+    pub(crate) start: Instant,
+    pub(crate) duration: Duration,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The end of the last stage recorded (at first, when the request arrived).
+    cursor: Instant,
+    stages: Vec<StageSpan>,
+    batch_size: Option<usize>,
+}
+
+/// A request's stage clock, shared between the middleware (which creates it when the request
+/// arrives and reads it when the response leaves) and the handler (which marks the stages).
+#[derive(Debug, Clone)]
+pub(crate) struct Timing(Arc<Mutex<Inner>>);
+
+impl Timing {
+    pub(crate) fn start(at: Instant) -> Self {
+        Self(Arc::new(Mutex::new(Inner { cursor: at, stages: Vec::with_capacity(5), batch_size: None })))
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records `stage` as lasting from the end of the previous stage until now.
+    pub(crate) fn mark(&self, stage: Stage) {
+        let now = Instant::now();
+        let mut inner = self.inner();
+        let start = inner.cursor;
+        inner.stages.push(StageSpan { stage, start, duration: now.saturating_duration_since(start) });
+        inner.cursor = now;
+    }
+
+    /// Records a batch's queue and compute stages, which ended now.
+    pub(crate) fn batch(&self, stats: &BatchStats) {
+        let now = Instant::now();
+        let mut inner = self.inner();
+        let compute_start = now.checked_sub(stats.compute_time).unwrap_or(now);
+        let queue_start = compute_start.checked_sub(stats.queue_time).unwrap_or(compute_start);
+        inner.stages.push(StageSpan { stage: Stage::Queue, start: queue_start, duration: stats.queue_time });
+        inner.stages.push(StageSpan { stage: Stage::Compute, start: compute_start, duration: stats.compute_time });
+        inner.batch_size = Some(stats.batch_size);
+        inner.cursor = now;
+    }
+
+    /// The stages recorded so far, in order.
+    pub(crate) fn stages(&self) -> Vec<StageSpan> {
+        self.inner().stages.clone()
+    }
+
+    /// The size of the batch that answered the request, if one did.
+    pub(crate) fn batch_size(&self) -> Option<usize> {
+        self.inner().batch_size
+    }
+}
+
+/// The `Server-Timing` header value: `parse;dur=0.120, queue;dur=1.500, ...` in milliseconds.
+pub(crate) fn server_timing(stages: &[StageSpan]) -> String {
+    stages
+        .iter()
+        .map(|span| format!("{};dur={:.3}", span.stage.name(), span.duration.as_secs_f64() * 1e3))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_follow_one_another() {
+        let timing = Timing::start(Instant::now());
+        timing.mark(Stage::Parse);
+        timing.batch(&BatchStats {
+            batch_size: 4,
+            batch_requests: 2,
+            queue_time: Duration::from_millis(2),
+            compute_time: Duration::from_millis(3),
+        });
+        timing.mark(Stage::Serialize);
+        let stages = timing.stages();
+        let names: Vec<_> = stages.iter().map(|s| s.stage.name()).collect();
+        assert_eq!(names, ["parse", "queue", "compute", "serialize"]);
+        assert_eq!(stages[2].start, stages[1].start + Duration::from_millis(2));
+        let header = server_timing(&stages);
+        assert!(header.contains("queue;dur=2.000, compute;dur=3.000"), "{header}");
+        assert_eq!(timing.batch_size(), Some(4));
+    }
+}
