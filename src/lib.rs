@@ -42,9 +42,9 @@ pub enum ServeError {
         /// Why its device cannot be used.
         source: DeviceError,
     },
-    /// The credentials' files cannot be used.
+    /// The server's settings or credentials' files cannot be used.
     #[error(transparent)]
-    Auth(#[from] inferd_server::auth::AuthError),
+    State(#[from] inferd_server::StateError),
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] inferd_server::tls::TlsError),
@@ -69,6 +69,10 @@ pub enum ServeError {
 /// the others serving.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     config.validate()?;
+    // SIGHUP reloads credentials once serving; until then (models loading) it must not end the
+    // process, which is its default action. Tokio keeps a handler once one is registered.
+    #[cfg(unix)]
+    let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     // Each distinct device is opened once and shared, so models on one GPU share its context.
     let mut opened: HashMap<DeviceSpec, Device> = HashMap::new();
     let mut devices = Vec::with_capacity(config.models.len());
@@ -121,9 +125,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         }
         None => inferd_server::serve(listener, state, shutdown).await,
     };
-    served.map_err(|source| ServeError::Io { address, source })?;
     if let Some(telemetry) = telemetry {
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    }
+    if let Err(source) = served {
+        registry.close_all();
+        return Err(ServeError::Io { address, source });
     }
 
     // In-flight HTTP requests are done; close the queues (workers finish what is queued, then

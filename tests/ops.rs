@@ -229,11 +229,20 @@ async fn concurrency_limit_sheds_with_retry_after_and_timeouts_answer_504() {
     assert_eq!(after.status(), 200, "the slot is free again");
     drop(server);
 
-    let server = Server::start(&embedding_model(""), "request_timeout = \"100ms\"\nmax_body_bytes = 200000\n").await;
+    let server = Server::start(
+        &embedding_model(""),
+        "request_timeout = \"100ms\"\nmax_body_bytes = 200000\nmax_input_tokens = 10000\n",
+    )
+    .await;
     wait_ready(&server).await;
     let late = server.post_json("/v1/embeddings", &heavy_embedding_request()).await;
     assert_eq!(late.status(), 504);
     assert_eq!(late.json::<Value>().await.unwrap()["error"]["code"], "timeout");
+    let many_tokens = json!({ "model": "all-minilm-l6-v2", "input": vec![["word"; 120].join(" "); 100] });
+    let refused = server.post_json("/v1/embeddings", &many_tokens).await;
+    assert_eq!(refused.status(), 400);
+    let message = refused.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("12200 input tokens; at most 10000"), "{message}");
     let huge = json!({ "model": "all-minilm-l6-v2", "input": "x".repeat(300_000) });
     let too_large = server.post_json("/v1/embeddings", &huge).await;
     assert_eq!(too_large.status(), 413);
@@ -282,6 +291,13 @@ async fn request_ids_server_timing_and_stage_metrics() {
         assert!(timing.contains(&format!("{stage};dur=")), "{timing}");
     }
 
+    // Unknown routes answer in the shape of their protocol.
+    let missing = server.get("/v1/nothing-here").await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<Value>().await.unwrap()["error"]["type"], "invalid_request_error");
+    let missing = server.get("/v2/nothing-here").await;
+    assert!(missing.json::<Value>().await.unwrap()["error"].is_string());
+
     let metrics = server.get("/metrics").await.text().await.unwrap();
     for series in [
         r#"inferd_request_stage_duration_seconds_count{model="all-minilm-l6-v2",stage="tokenize"} 1"#,
@@ -307,7 +323,7 @@ async fn request_ids_server_timing_and_stage_metrics() {
 async fn jwt_bearer_tokens_are_validated() {
     let server = format!(
         "[server.auth.jwt]\njwks_file = \"{}\"\nissuer = \"https://login.example.test/tenant/v2.0\"\n\
-         audience = \"api://inferd\"\nleeway = \"30s\"\n\n\
+         audience = \"api://inferd\"\nleeway = \"30s\"\nrequests_per_minute = 1000\n\n\
          [[server.auth.jwt.subjects]]\nsubject = \"limited-app\"\nmodels = [\"iris-logistic\"]\n",
         fixture("jwks.json")
     );
@@ -390,7 +406,17 @@ async fn jwt_bearer_tokens_are_validated() {
     // A subject limited to some models.
     let limited =
         sign(Algorithm::ES256, "ec-1", "jwt-es256.key.pem", claims("limited-app", now + 600, now, iss, "api://inferd"));
-    assert_eq!(status(limited.clone(), "iris-logistic").await.0, 200);
+    let response = server
+        .client
+        .post(server.url("/v2/models/iris-logistic/infer"))
+        .bearer_auth(&limited)
+        .json(&iris_row())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The subject's entry sets only models: the token-wide limit still applies.
+    assert_eq!(header(&response, "x-ratelimit-limit-requests"), Some("1000"));
     assert_eq!(status(limited, "iris-xgboost").await.0, 403);
     assert!(server.log().contains("jwt:limited-app"));
 }
@@ -547,6 +573,38 @@ async fn json_logs_carry_one_line_per_request() {
     assert_eq!(record["caller"], "anonymous");
     assert!(record["duration_ms"].as_f64().unwrap() > 0.0);
     assert!(record.get("body").is_none(), "no payloads unless asked for");
+}
+
+#[tokio::test]
+async fn payloads_are_logged_only_when_asked_and_only_for_admitted_requests() {
+    let server = format!("log_payloads = true\n[[server.auth.keys]]\nid = \"ops\"\nsha256 = \"{}\"\n", hash(OPS_KEY));
+    let mut server = Server::spawn_with_env(
+        &bundled_model("iris-logistic", ""),
+        &server,
+        &[],
+        &[("INFERD_LOG", "info,inferd::payload=debug")],
+    );
+    server.wait_listening().await;
+    wait_ready(&server).await;
+    let mut row = iris_row();
+    row["id"] = json!("admitted-payload");
+    let response = server
+        .client
+        .post(server.url("/v2/models/iris-logistic/infer"))
+        .header("api-key", OPS_KEY)
+        .json(&row)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    row["id"] = json!("refused-payload");
+    let response = server.client.post(server.url("/v2/models/iris-logistic/infer")).json(&row).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = server.log();
+    assert!(log.contains("request body") && log.contains("admitted-payload"), "{log}");
+    assert!(log.contains("response body"), "{log}");
+    assert!(!log.contains("refused-payload"), "an unauthenticated body was logged:\n{log}");
 }
 
 #[test]

@@ -86,6 +86,11 @@ if grep -q -e "$test_key" -e "$limited_key" "$auth_log"; then
   exit 1
 fi
 
+# Overload: 4x the measured capacity for 10 s; every request must be answered (200, or 429/503
+# with Retry-After), memory must stay flat, and the server must serve at once afterwards.
+echo "== overload test" >&2
+cargo run --quiet --example overload -- --url "http://127.0.0.1:$port" --measure 4 --overload 10
+
 # The server must drain and exit cleanly on SIGTERM.
 kill -TERM "$server"
 if ! wait "$server"; then

@@ -24,6 +24,8 @@ pub enum InferError {
         model: String,
         /// `loading`, or why loading failed.
         reason: String,
+        /// For a model still loading, an estimate of when it will be ready.
+        retry_after: Option<Duration>,
     },
     /// The model's queue is full; the client should retry after the given time.
     #[error("model '{model}' is overloaded: its queue is full; retry after {}s", retry_after.as_secs())]
@@ -91,6 +93,7 @@ impl InferError {
             Self::Overloaded { retry_after, .. }
             | Self::QuotaExceeded { retry_after, .. }
             | Self::Busy { retry_after } => Some(*retry_after),
+            Self::NotReady { retry_after, .. } => *retry_after,
             _ => None,
         }
     }

@@ -19,6 +19,6 @@ pub use device::{Device, DeviceError, DeviceSpec, device_name};
 pub use embedding::{EmbeddingInfo, EmbeddingModel, EmbeddingService, TextEncoder, TextInput, TokenizedInputs};
 pub use engine::{Engine, Precision};
 pub use error::InferError;
-pub use metrics::{BatchMetrics, Metrics, RejectReason};
+pub use metrics::{BatchMetrics, InFlightRequest, Metrics, RejectReason};
 pub use registry::{ModelRegistry, ModelStatus, ModelTask, ServedModel};
 pub use tabular::{OutputSpec, Rows, TabularModel, TabularOutput, TabularSchema, TabularService, ValueKind, Values};

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::embedding::EmbeddingService;
 use crate::error::InferError;
@@ -84,6 +84,8 @@ pub struct DuplicateModel(pub String);
 pub struct ModelRegistry {
     slots: BTreeMap<String, RwLock<Slot>>,
     metrics: Arc<Metrics>,
+    /// When loading began, to estimate how much longer a loading model takes.
+    created: Instant,
 }
 
 impl ModelRegistry {
@@ -96,7 +98,7 @@ impl ModelRegistry {
                 return Err(DuplicateModel(name));
             }
         }
-        Ok(Self { slots, metrics })
+        Ok(Self { slots, metrics, created: Instant::now() })
     }
 
     /// The metrics the registry's models report to.
@@ -147,10 +149,18 @@ impl ModelRegistry {
         let lock = self.slots.get(name).ok_or_else(|| InferError::ModelNotFound(name.to_string()))?;
         match &*lock.read().unwrap_or_else(PoisonError::into_inner) {
             Slot::Ready(model) => Ok(Arc::clone(model)),
-            Slot::Loading => Err(InferError::NotReady { model: name.to_string(), reason: "loading".into() }),
-            Slot::Failed(reason) => {
-                Err(InferError::NotReady { model: name.to_string(), reason: format!("failed to load: {reason}") })
-            }
+            // A model still loading is expected to take about as long again as it has so far.
+            Slot::Loading => Err(InferError::NotReady {
+                model: name.to_string(),
+                reason: "loading".into(),
+                retry_after: Some(self.created.elapsed().clamp(Duration::from_secs(1), Duration::from_secs(60))),
+            }),
+            // Retrying cannot help a model that failed to load: no Retry-After.
+            Slot::Failed(reason) => Err(InferError::NotReady {
+                model: name.to_string(),
+                reason: format!("failed to load: {reason}"),
+                retry_after: None,
+            }),
         }
     }
 
@@ -192,10 +202,10 @@ mod tests {
     fn a_failed_model_does_not_take_the_others_down() {
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(ModelRegistry::new(["good".to_string(), "bad".to_string()], metrics).unwrap());
-        assert_eq!(
+        assert!(matches!(
             registry.get("good").err(),
-            Some(InferError::NotReady { model: "good".into(), reason: "loading".into() })
-        );
+            Some(InferError::NotReady { reason, retry_after: Some(_), .. }) if reason == "loading"
+        ));
         let bad = registry.load("bad", |_| Err("file not found".into()));
         let panicking = registry.load("good", |_| panic!("boom"));
         bad.join().unwrap();

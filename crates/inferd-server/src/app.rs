@@ -14,10 +14,21 @@ use inferd_core::{InferError, Metrics, ModelRegistry, ServedModel};
 use tokio::sync::Semaphore;
 
 use crate::auth::{AuthError, Authenticator, Caller};
-use crate::error::V2Error;
+use crate::error::protocol_status;
 use crate::settings::ServerSettings;
 use crate::telemetry::Telemetry;
 use crate::{guard, observe, openai, v2};
+
+/// Why the server's state cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The settings are out of range or unsafe (see [`ServerSettings::validate`]).
+    #[error("invalid server settings: {0}")]
+    Settings(String),
+    /// The credentials' files cannot be used.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -38,7 +49,8 @@ pub struct AppState {
 
 impl AppState {
     /// State over `registry`'s models; reads the key and JWKS files the settings name.
-    pub fn new(registry: Arc<ModelRegistry>, settings: ServerSettings) -> Result<Self, AuthError> {
+    pub fn new(registry: Arc<ModelRegistry>, settings: ServerSettings) -> Result<Self, StateError> {
+        settings.validate().map_err(StateError::Settings)?;
         let auth = Authenticator::new(settings.auth.clone())?;
         Ok(Self {
             registry,
@@ -92,7 +104,8 @@ impl AppState {
     /// flight finish in about one average request duration, at least a second.
     pub(crate) fn busy_retry_after(&self) -> Duration {
         let average = f64::from_bits(self.request_seconds.load(Ordering::Relaxed));
-        Duration::from_secs(average.ceil().clamp(1.0, self.settings.request_timeout.as_secs_f64().ceil()) as u64)
+        let longest = self.settings.request_timeout.as_secs_f64().ceil().max(1.0);
+        Duration::from_secs(average.ceil().max(1.0).min(longest) as u64)
     }
 
     /// Marks the server as draining: readiness turns false so balancers stop sending traffic.
@@ -150,13 +163,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
     response
 }
 
-async fn not_found(request: Request) -> V2Error {
-    V2Error::new(StatusCode::NOT_FOUND, format!("no route for {} {}", request.method(), request.uri().path()))
+async fn not_found(request: Request) -> Response {
+    let path = request.uri().path();
+    protocol_status(path, StatusCode::NOT_FOUND, format!("no route for {} {path}", request.method()))
 }
 
-async fn method_not_allowed(request: Request) -> V2Error {
-    V2Error::new(
+async fn method_not_allowed(request: Request) -> Response {
+    let path = request.uri().path();
+    protocol_status(
+        path,
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("method {} is not allowed on {}", request.method(), request.uri().path()),
+        format!("method {} is not allowed on {path}", request.method()),
     )
 }

@@ -51,10 +51,24 @@ pub(crate) fn reject_reason_of_status(status: StatusCode) -> Option<RejectReason
     }
 }
 
+/// Whether `path` belongs to the OpenAI-compatible API, whose errors have OpenAI's shape.
+fn is_openai(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
 /// `err` in the error shape of the protocol that `path` belongs to: OpenAI's under `/v1/`, the
 /// Open Inference Protocol's elsewhere.
 pub(crate) fn protocol_error(path: &str, err: InferError) -> Response {
-    if path.starts_with("/v1/") { OpenAiError::from(err).into_response() } else { V2Error::from(err).into_response() }
+    if is_openai(path) { OpenAiError::from(err).into_response() } else { V2Error::from(err).into_response() }
+}
+
+/// A refusal with `status` and `message` in the shape of the protocol `path` belongs to.
+pub(crate) fn protocol_status(path: &str, status: StatusCode, message: String) -> Response {
+    if is_openai(path) {
+        OpenAiError::new(status, message).into_response()
+    } else {
+        V2Error::new(status, message).into_response()
+    }
 }
 
 /// The headers every error response shares: `Connection: close` when the body was not read

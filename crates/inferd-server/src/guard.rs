@@ -9,8 +9,12 @@ use axum::middleware::Next;
 use axum::response::Response;
 use inferd_core::InferError;
 
+use std::time::Instant;
+
 use crate::app::AppState;
-use crate::error::protocol_error;
+use crate::error::{protocol_error, protocol_status};
+use crate::payload;
+use crate::timing::Timing;
 
 /// Paths anyone may call: liveness and readiness, for orchestrators and load balancers.
 fn is_public(path: &str, state: &AppState) -> bool {
@@ -39,17 +43,32 @@ pub(crate) async fn guard(State(state): State<AppState>, mut request: Request, n
         request.extensions_mut().insert(caller.clone());
         return with_caller(next.run(request).await, caller);
     }
-    if let Err(err) = caller.take_request() {
-        return with_caller(protocol_error(&path, err), caller);
-    }
+    // The concurrency limit before the quota, so that a request shed for load costs the caller
+    // nothing.
     let Ok(_permit) = state.concurrency.clone().try_acquire_owned() else {
         let err = InferError::Busy { retry_after: state.busy_retry_after() };
         return with_caller(protocol_error(&path, err), caller);
     };
+    if let Err(err) = caller.take_request() {
+        return with_caller(protocol_error(&path, err), caller);
+    }
+    // One deadline for the whole request: this timer, and the batcher's (which drops a request
+    // still queued at it), through the request's clock.
+    let deadline = Instant::now() + state.settings.request_timeout;
+    if let Some(timing) = request.extensions().get::<Timing>() {
+        timing.set_deadline(deadline);
+    }
     request.extensions_mut().insert(caller.clone());
-    let response = match tokio::time::timeout(state.settings.request_timeout, next.run(request)).await {
+    if state.settings.log_payloads {
+        request = match payload::log_request(request, state.settings.max_body_bytes).await {
+            Ok(request) => request,
+            Err(refusal) => return with_caller(protocol_status(&path, refusal.0, refusal.1), caller),
+        };
+    }
+    let response = match tokio::time::timeout_at(deadline.into(), next.run(request)).await {
         Ok(response) => response,
         Err(_) => protocol_error(&path, InferError::Timeout),
     };
+    let response = if state.settings.log_payloads { payload::log_response(response).await } else { response };
     with_caller(response, caller)
 }

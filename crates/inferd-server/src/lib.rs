@@ -20,6 +20,7 @@ mod error;
 mod guard;
 mod observe;
 pub mod openai;
+mod payload;
 mod quota;
 mod serve;
 mod settings;
@@ -28,7 +29,7 @@ mod timing;
 pub mod tls;
 pub mod v2;
 
-pub use app::{AppState, router};
+pub use app::{AppState, StateError, router};
 pub use auth::{AuthSettings, Authenticator, Caller, hash_key};
 pub use quota::Limits;
 pub use serve::{serve, shutdown_signal};

@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
@@ -42,25 +41,24 @@ pub(crate) async fn observe(State(state): State<AppState>, mut request: Request,
     let trace_headers = state.telemetry.as_ref().map(|_| request.headers().clone());
     let timing = Timing::start(started);
     request.extensions_mut().insert(timing.clone());
-    if state.settings.log_payloads {
-        request = log_request_payload(request, &id, state.settings.max_body_bytes).await;
-    }
 
     let metrics = state.metrics();
-    if inference {
-        metrics.in_flight().inc();
-    }
+    let in_flight = inference.then(|| metrics.enter_request());
     let mut response = next.run(request).await;
-    if inference {
-        metrics.in_flight().dec();
-    }
+    drop(in_flight);
     let elapsed = started.elapsed();
 
     let status = response.status();
     let model = response.extensions().get::<ModelLabel>().map_or("", |label| label.0.as_str()).to_string();
     let caller = response.extensions().get::<Caller>().cloned();
     let usage = response.extensions().get::<TokenUsage>().copied();
-    let reason = response.extensions().get::<RejectReason>().copied().or_else(|| reject_reason_of_status(status));
+    // Probes answered 503 while models load or the server drains are not refused requests.
+    let probe = endpoint.starts_with("/v2/health/");
+    let reason = response
+        .extensions()
+        .get::<RejectReason>()
+        .copied()
+        .or_else(|| if probe { None } else { reject_reason_of_status(status) });
     let stages = timing.stages();
     let batch_size = timing.batch_size();
 
@@ -111,8 +109,11 @@ pub(crate) async fn observe(State(state): State<AppState>, mut request: Request,
                 prompt_tokens = prompt,
                 completion_tokens = completion,
                 duration_ms = elapsed.as_secs_f64() * 1e3,
+                parse_ms = stage_ms("parse"),
+                tokenize_ms = stage_ms("tokenize"),
                 queue_ms = stage_ms("queue"),
                 compute_ms = stage_ms("compute"),
+                serialize_ms = stage_ms("serialize"),
                 batch_size,
                 "request"
             )
@@ -139,49 +140,7 @@ pub(crate) async fn observe(State(state): State<AppState>, mut request: Request,
             batch_size,
         });
     }
-    if state.settings.log_payloads {
-        response = log_response_payload(response, &id).await;
-    }
     response
-}
-
-/// Logs the request body at debug level (target `inferd::payload`) and puts it back.
-async fn log_request_payload(request: Request, id: &str, limit: usize) -> Request {
-    if !tracing::enabled!(target: "inferd::payload", tracing::Level::DEBUG) {
-        return request;
-    }
-    let (parts, body) = request.into_parts();
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => {
-            tracing::debug!(target: "inferd::payload", request_id = id, body = %String::from_utf8_lossy(&bytes), "request body");
-            Request::from_parts(parts, Body::from(bytes))
-        }
-        // Too large or broken: the handler would refuse it anyway; let it say so.
-        Err(err) => {
-            tracing::debug!(target: "inferd::payload", request_id = id, %err, "request body not logged");
-            Request::from_parts(parts, Body::empty())
-        }
-    }
-}
-
-/// Logs a response body at debug level, unless it is streamed, and puts it back.
-async fn log_response_payload(response: Response, id: &str) -> Response {
-    let streamed =
-        response.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|value| value == "text/event-stream");
-    if streamed || !tracing::enabled!(target: "inferd::payload", tracing::Level::DEBUG) {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(bytes) => {
-            tracing::debug!(target: "inferd::payload", request_id = id, body = %String::from_utf8_lossy(&bytes), "response body");
-            Response::from_parts(parts, Body::from(bytes))
-        }
-        Err(err) => {
-            tracing::debug!(target: "inferd::payload", request_id = id, %err, "response body not logged");
-            Response::from_parts(parts, Body::empty())
-        }
-    }
 }
 
 #[cfg(test)]

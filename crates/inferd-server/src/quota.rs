@@ -189,7 +189,15 @@ impl Drop for TokenReservation {
 /// they are dropped when the book grows large (many JWT subjects).
 #[derive(Default)]
 pub(crate) struct QuotaBook {
-    callers: Mutex<HashMap<String, Arc<CallerQuota>>>,
+    callers: Mutex<Callers>,
+}
+
+#[derive(Default)]
+struct Callers {
+    by_id: HashMap<String, Arc<CallerQuota>>,
+    /// Sweep when the book grows past this; doubled after each sweep that keeps most callers,
+    /// so sweeping costs a constant amount per new caller.
+    sweep_at: usize,
 }
 
 /// Callers kept before full buckets are swept out.
@@ -203,10 +211,12 @@ impl QuotaBook {
             return None;
         }
         let mut callers = self.callers.lock().unwrap_or_else(PoisonError::into_inner);
-        if callers.len() > SWEEP_ABOVE {
-            callers.retain(|_, quota| Arc::strong_count(quota) > 1 || !quota.is_full());
+        if callers.by_id.len() > callers.sweep_at.max(SWEEP_ABOVE) {
+            callers.by_id.retain(|_, quota| Arc::strong_count(quota) > 1 || !quota.is_full());
+            callers.sweep_at = 2 * callers.by_id.len();
         }
         let quota = callers
+            .by_id
             .entry(id.to_string())
             .and_modify(|quota| {
                 if quota.limits != limits {

@@ -30,6 +30,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Most inputs (texts or token arrays) in one embedding request; more are answered 400.
     pub max_embedding_inputs: usize,
+    /// Most input tokens in one request (all its texts together); more are answered 400.
+    pub max_input_tokens: usize,
     /// Most inference requests answered at once, all models together; more are answered 503
     /// with `Retry-After` at once rather than queued without bound.
     pub max_concurrent_requests: usize,
@@ -91,6 +93,9 @@ impl ServerSettings {
         if self.max_embedding_inputs == 0 {
             return Err("max_embedding_inputs must be more than zero".into());
         }
+        if self.max_input_tokens == 0 {
+            return Err("max_input_tokens must be more than zero".into());
+        }
         if self.max_concurrent_requests == 0 {
             return Err("max_concurrent_requests must be more than zero".into());
         }
@@ -115,6 +120,7 @@ impl Default for ServerSettings {
             drain_timeout: Duration::from_secs(30),
             max_body_bytes: 64 * 1024 * 1024,
             max_embedding_inputs: 2048,
+            max_input_tokens: 1 << 20,
             max_concurrent_requests: 512,
             allow_unauthenticated: false,
             log_payloads: false,

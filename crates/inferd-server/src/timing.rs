@@ -48,16 +48,22 @@ struct Inner {
     cursor: Instant,
     stages: Vec<StageSpan>,
     batch_size: Option<usize>,
+    deadline: Option<Instant>,
 }
 
-/// A request's stage clock, shared between the middleware (which creates it when the request
+/// A request's clock: its deadline and its stages, shared between the middleware (which creates it when the request
 /// arrives and reads it when the response leaves) and the handler (which marks the stages).
 #[derive(Debug, Clone)]
 pub(crate) struct Timing(Arc<Mutex<Inner>>);
 
 impl Timing {
     pub(crate) fn start(at: Instant) -> Self {
-        Self(Arc::new(Mutex::new(Inner { cursor: at, stages: Vec::with_capacity(5), batch_size: None })))
+        Self(Arc::new(Mutex::new(Inner {
+            cursor: at,
+            stages: Vec::with_capacity(5),
+            batch_size: None,
+            deadline: None,
+        })))
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -83,6 +89,17 @@ impl Timing {
         inner.stages.push(StageSpan { stage: Stage::Compute, start: compute_start, duration: stats.compute_time });
         inner.batch_size = Some(stats.batch_size);
         inner.cursor = now;
+    }
+
+    /// Sets when the request must be answered by (the guard does, from `request_timeout`).
+    pub(crate) fn set_deadline(&self, deadline: Instant) {
+        self.inner().deadline = Some(deadline);
+    }
+
+    /// When the request must be answered by, if it has a deadline: handlers pass it on to the
+    /// batcher, which drops a request still queued at its deadline.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.inner().deadline
     }
 
     /// The stages recorded so far, in order.

@@ -10,13 +10,21 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 
 /// Longest a client may take to complete its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most handshakes in progress at once.
+pub const MAX_HANDSHAKES: usize = 1024;
+
+/// Errors that concern one connection only, not the listener.
+fn is_connection_error(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(err.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset)
+}
 
 /// The certificate and key to serve HTTPS with (the `[server.tls]` table).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -69,12 +77,18 @@ impl TlsListener {
     pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (sender, ready) = mpsc::channel(256);
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                // At most MAX_HANDSHAKES at once: slow clients then hold up accepting, not
+                // the process's file descriptors.
+                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { return };
                 let (stream, peer) = tokio::select! {
                     () = sender.closed() => return,
                     accepted = listener.accept() => match accepted {
                         Ok(accepted) => accepted,
+                        // One connection's failure: go on at once.
+                        Err(err) if is_connection_error(&err) => continue,
                         Err(err) => {
                             // Out of file descriptors and the like: wait rather than spin.
                             tracing::warn!(%err, "accept failed");
@@ -86,6 +100,7 @@ impl TlsListener {
                 let acceptor = acceptor.clone();
                 let sender = sender.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = sender.send((tls, peer)).await;

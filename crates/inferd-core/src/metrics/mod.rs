@@ -78,6 +78,15 @@ pub struct Metrics {
     gpu: Option<GpuMetrics>,
 }
 
+/// An inference request counted in `inferd_requests_in_flight` while this lives.
+pub struct InFlightRequest(IntGauge);
+
+impl Drop for InFlightRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The handles one model's batcher updates, with the model label already applied.
 #[derive(Clone)]
 pub struct BatchMetrics {
@@ -269,9 +278,11 @@ impl Metrics {
         }
     }
 
-    /// The gauge of requests being answered now.
-    pub fn in_flight(&self) -> &IntGauge {
-        &self.in_flight
+    /// Counts an inference request in `inferd_requests_in_flight` until the returned guard is
+    /// dropped, however the request ends.
+    pub fn enter_request(&self) -> InFlightRequest {
+        self.in_flight.inc();
+        InFlightRequest(self.in_flight.clone())
     }
 
     /// Records whether a model is ready.

@@ -41,7 +41,7 @@ pub struct JwtSettings {
     pub subjects: Vec<JwtSubject>,
 }
 
-/// One subject's own models and limits.
+/// One subject's own models and limits; each field left out takes the token-wide setting.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtSubject {

@@ -48,6 +48,12 @@ impl KeySet {
             if key.id.is_empty() {
                 return Err(AuthError::Config("an API key has an empty id".into()));
             }
+            if key.id.starts_with("jwt:") {
+                return Err(AuthError::Config(format!(
+                    "API key id '{}' must not start with 'jwt:', which names JWT subjects",
+                    key.id
+                )));
+            }
             if decoded.iter().any(|(_, other): &([u8; 32], ApiKey)| other.id == key.id) {
                 return Err(AuthError::Config(format!("API key id '{}' is used twice", key.id)));
             }

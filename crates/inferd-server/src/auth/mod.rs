@@ -102,10 +102,18 @@ impl Authenticator {
         {
             let token = jwt.validate(credential).map_err(Unauthenticated)?;
             let settings = jwt.settings();
+            // A subject's own entry overrides the token-wide settings field by field.
             let own = settings.subjects.iter().find(|entry| entry.subject == token.subject);
-            let models = own.map_or(&settings.models, |entry| &entry.models);
-            let limits = own.map_or(settings.limits, |entry| entry.limits);
-            return Ok(self.caller(format!("jwt:{}", token.subject), models.as_deref(), limits));
+            let models = own.and_then(|entry| entry.models.as_ref()).or(settings.models.as_ref());
+            let limits = Limits {
+                requests_per_minute: own
+                    .and_then(|entry| entry.limits.requests_per_minute)
+                    .or(settings.limits.requests_per_minute),
+                tokens_per_minute: own
+                    .and_then(|entry| entry.limits.tokens_per_minute)
+                    .or(settings.limits.tokens_per_minute),
+            };
+            return Ok(self.caller(format!("jwt:{}", token.subject), models.map(Vec::as_slice), limits));
         }
         match loaded.keys.find(credential) {
             Some(key) => Ok(self.caller(key.id.clone(), key.models.as_deref(), key.limits)),

@@ -88,7 +88,6 @@ pub(crate) async fn embeddings(
     Extension(timing): Extension<Timing>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let received = Instant::now();
     let body = match body {
         Ok(body) => body,
         Err(rejection) => return body_error(&state, rejection).into_response(),
@@ -100,7 +99,7 @@ pub(crate) async fn embeddings(
         }
     };
     let model = request.model.clone();
-    let result = run(&state, &caller, &timing, request, received).await;
+    let result = run(&state, &caller, &timing, request).await;
     labelled(&state, &model, result)
 }
 
@@ -114,7 +113,6 @@ async fn run(
     caller: &Caller,
     timing: &Timing,
     request: EmbeddingsRequest,
-    received: Instant,
 ) -> Result<Response, OpenAiError> {
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -132,12 +130,12 @@ async fn run(
     };
     let inputs = parse_input(request.input, state.settings.max_embedding_inputs)?;
     let dimensions = check_dimensions(service, request.dimensions)?;
-    let deadline = received.checked_add(state.settings.request_timeout);
+    let deadline = timing.deadline();
 
     let normalized = service.info().normalized;
     timing.mark(Stage::Parse);
     let Embedded { vectors, tokens, reservation } =
-        embed(&served, inputs, request.truncate, deadline, caller, timing).await?;
+        embed(state, &served, inputs, request.truncate, deadline, caller, timing).await?;
     let data: Vec<EmbeddingItem> = vectors
         .into_iter()
         .enumerate()
@@ -181,9 +179,11 @@ impl Embedded {
     }
 }
 
-/// Encodes the inputs off the async threads, reserves their tokens from the caller's quota, then
+/// Encodes the inputs off the async threads, checks them against `max_input_tokens`, reserves
+/// their tokens from the caller's quota, then
 /// embeds them through the model's batcher, marking the stages on `timing`.
 pub(crate) async fn embed(
+    state: &AppState,
     served: &Arc<ServedModel>,
     inputs: Vec<TextInput>,
     truncate: bool,
@@ -200,6 +200,12 @@ pub(crate) async fn embed(
     .map_err(|err| InferError::Internal(format!("tokenization failed: {err}")))??;
     let tokens: usize = sequences.iter().map(Vec::len).sum();
     timing.mark(Stage::Tokenize);
+    let limit = state.settings.max_input_tokens;
+    if tokens > limit {
+        return Err(InferError::InvalidInput(format!(
+            "the request has {tokens} input tokens; at most {limit} are allowed in one request"
+        )));
+    }
     let reservation = caller.reserve_tokens(tokens as u64)?;
     let service = served
         .embedding()

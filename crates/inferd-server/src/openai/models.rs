@@ -40,10 +40,11 @@ pub(crate) async fn get(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let response = if !state.registry.contains(&id) {
-        OpenAiError::from(InferError::ModelNotFound(id.clone())).into_response()
-    } else if let Err(err) = caller.check_model(&id) {
+    // Permission first, so that a restricted caller cannot tell which other models exist.
+    let response = if let Err(err) = caller.check_model(&id) {
         OpenAiError::from(err).into_response()
+    } else if !state.registry.contains(&id) {
+        OpenAiError::from(InferError::ModelNotFound(id.clone())).into_response()
     } else {
         Json(entry(&id, created(&state))).into_response()
     };

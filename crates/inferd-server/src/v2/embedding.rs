@@ -9,6 +9,7 @@ use std::time::Instant;
 use inferd_core::{ServedModel, TextInput};
 
 use super::codec::{InferRequest, OutputData, OutputTensor, TensorData};
+use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::V2Error;
 use crate::openai::Embedded;
@@ -20,10 +21,10 @@ pub(super) const INPUT: &str = "text";
 pub(super) const OUTPUT: &str = "embedding";
 
 pub(super) async fn infer(
+    state: &AppState,
     model: &Arc<ServedModel>,
     request: InferRequest,
     deadline: Option<Instant>,
-    max_inputs: usize,
     caller: &Caller,
     timing: &Timing,
 ) -> Result<(Vec<OutputTensor>, Embedded), V2Error> {
@@ -42,6 +43,7 @@ pub(super) async fn infer(
         Some([wanted]) if wanted.name == OUTPUT => wanted.binary,
         Some(_) => return Err(V2Error::bad_request(format!("this model has one output, '{OUTPUT}'"))),
     };
+    let max_inputs = state.settings.max_embedding_inputs;
     if items.len() > max_inputs {
         return Err(V2Error::bad_request(format!(
             "input '{INPUT}' has {} texts; at most {max_inputs} are allowed",
@@ -57,7 +59,7 @@ pub(super) async fn infer(
         }
         texts.push(TextInput::Text(text));
     }
-    let mut embedded = crate::openai::embed(model, texts, true, deadline, caller, timing).await?;
+    let mut embedded = crate::openai::embed(state, model, texts, true, deadline, caller, timing).await?;
     let vectors = std::mem::take(&mut embedded.vectors);
     let rows = vectors.len();
     let dimensions = vectors.first().map_or(0, Vec::len);

@@ -101,6 +101,9 @@ async fn ready(State(state): State<AppState>) -> Response {
             let text = match status {
                 ModelStatus::Loading => "loading".to_string(),
                 ModelStatus::Ready => "ready".to_string(),
+                // Readiness is public: with authentication on, keep load errors (which may
+                // name files) to the log.
+                ModelStatus::Failed(_) if state.auth.is_enabled() => "failed".to_string(),
                 ModelStatus::Failed(reason) => format!("failed: {reason}"),
             };
             (name.clone(), Value::from(text))
@@ -241,18 +244,17 @@ async fn run_infer(
     };
     let request = codec::decode_request(&body, header_length).map_err(V2Error::bad_request)?;
     timing.mark(Stage::Parse);
-    let mut timeout = state.settings.request_timeout;
-    if let Some(client_timeout) = request.timeout_us {
-        timeout = timeout.min(Duration::from_micros(client_timeout));
-    }
-    // Settings bound the timeout, so this cannot overflow; if it somehow did, no deadline.
-    let deadline = received.checked_add(timeout);
+    // The server's deadline, shortened by the client's own timeout when it asks for less.
+    let client_deadline = request.timeout_us.and_then(|us| received.checked_add(Duration::from_micros(us)));
+    let deadline = match (timing.deadline(), client_deadline) {
+        (Some(server), Some(client)) => Some(server.min(client)),
+        (server, client) => server.or(client),
+    };
     let id = request.id.clone();
     let (outputs, embedded) = match &model.task {
         ModelTask::Tabular(service) => (tabular::infer(service, request, deadline, timing).await?, None),
         ModelTask::Embedding(_) => {
-            let max_inputs = state.settings.max_embedding_inputs;
-            let (outputs, embedded) = embedding::infer(&model, request, deadline, max_inputs, caller, timing).await?;
+            let (outputs, embedded) = embedding::infer(state, &model, request, deadline, caller, timing).await?;
             (outputs, Some(embedded))
         }
     };

@@ -1,0 +1,59 @@
+//! Debug logging of request and response bodies (target `inferd::payload`), only when
+//! `server.log_payloads` is on and the log filter enables that target at debug level. It runs
+//! inside the guard, so only authenticated, admitted requests are buffered and logged.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
+
+fn enabled() -> bool {
+    tracing::enabled!(target: "inferd::payload", tracing::Level::DEBUG)
+}
+
+/// Logs the request body and puts it back; a body over `limit` is refused with 413 (what the
+/// handler would have said), one that cannot be read with 400.
+pub(crate) async fn log_request(request: Request, limit: usize) -> Result<Request, (StatusCode, String)> {
+    if !enabled() {
+        return Ok(request);
+    }
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => {
+            tracing::debug!(target: "inferd::payload", body = %String::from_utf8_lossy(&bytes), "request body");
+            Ok(Request::from_parts(parts, Body::from(bytes)))
+        }
+        Err(err) => {
+            let too_large =
+                std::error::Error::source(&err).is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body exceeds the length limit of {limit} bytes"),
+                ))
+            } else {
+                Err((StatusCode::BAD_REQUEST, format!("cannot read the request body: {err}")))
+            }
+        }
+    }
+}
+
+/// Logs a response body, unless it is streamed, and puts it back.
+pub(crate) async fn log_response(response: Response) -> Response {
+    let streamed =
+        response.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|value| value == "text/event-stream");
+    if streamed || !enabled() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => {
+            tracing::debug!(target: "inferd::payload", body = %String::from_utf8_lossy(&bytes), "response body");
+            Response::from_parts(parts, Body::from(bytes))
+        }
+        Err(err) => {
+            tracing::debug!(target: "inferd::payload", %err, "response body not logged");
+            Response::from_parts(parts, Body::empty())
+        }
+    }
+}
