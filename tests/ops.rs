@@ -209,14 +209,21 @@ fn heavy_embedding_request() -> Value {
 
 #[tokio::test]
 async fn concurrency_limit_sheds_with_retry_after_and_timeouts_answer_504() {
-    let server = Server::start(&embedding_model(""), "max_concurrent_requests = 1\n").await;
+    let server = Server::start(&embedding_model(""), "max_concurrent_requests = 1\nmax_input_tokens = 10000\n").await;
     wait_ready(&server).await;
     let slow = {
         let client = server.client.clone();
         let url = server.url("/v1/embeddings");
         tokio::spawn(async move { client.post(url).json(&heavy_embedding_request()).send().await.unwrap().status() })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Wait until the slow request holds the one slot.
+    for _ in 0..500 {
+        let metrics = server.get("/metrics").await.text().await.unwrap();
+        if metrics.contains("inferd_requests_in_flight 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let shed = server.post_json("/v1/embeddings", &json!({ "model": "all-minilm-l6-v2", "input": "hi" })).await;
     assert_eq!(shed.status(), 503);
     let retry: u64 = header(&shed, "retry-after").unwrap().parse().unwrap();
@@ -227,22 +234,18 @@ async fn concurrency_limit_sheds_with_retry_after_and_timeouts_answer_504() {
     assert_eq!(slow.await.unwrap(), StatusCode::OK, "the admitted request is unaffected");
     let after = server.post_json("/v1/embeddings", &json!({ "model": "all-minilm-l6-v2", "input": "hi" })).await;
     assert_eq!(after.status(), 200, "the slot is free again");
-    drop(server);
-
-    let server = Server::start(
-        &embedding_model(""),
-        "request_timeout = \"100ms\"\nmax_body_bytes = 200000\nmax_input_tokens = 10000\n",
-    )
-    .await;
-    wait_ready(&server).await;
-    let late = server.post_json("/v1/embeddings", &heavy_embedding_request()).await;
-    assert_eq!(late.status(), 504);
-    assert_eq!(late.json::<Value>().await.unwrap()["error"]["code"], "timeout");
     let many_tokens = json!({ "model": "all-minilm-l6-v2", "input": vec![["word"; 120].join(" "); 100] });
     let refused = server.post_json("/v1/embeddings", &many_tokens).await;
     assert_eq!(refused.status(), 400);
     let message = refused.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_string();
     assert!(message.contains("12200 input tokens; at most 10000"), "{message}");
+    drop(server);
+
+    let server = Server::start(&embedding_model(""), "request_timeout = \"100ms\"\nmax_body_bytes = 200000\n").await;
+    wait_ready(&server).await;
+    let late = server.post_json("/v1/embeddings", &heavy_embedding_request()).await;
+    assert_eq!(late.status(), 504);
+    assert_eq!(late.json::<Value>().await.unwrap()["error"]["code"], "timeout");
     let huge = json!({ "model": "all-minilm-l6-v2", "input": "x".repeat(300_000) });
     let too_large = server.post_json("/v1/embeddings", &huge).await;
     assert_eq!(too_large.status(), 413);

@@ -55,7 +55,7 @@ cat >"$auth_dir/keys.toml" <<KEYS
 [[keys]]
 id = "python-tests"
 sha256 = "$(printf '%s\n' "$test_key" | target/debug/inferd hash-key)"
-tokens_per_minute = 100000
+tokens_per_minute = 600
 
 [[keys]]
 id = "python-limited"

@@ -42,6 +42,8 @@ def embed(texts):
 
 class MetricsTest(unittest.TestCase):
     def test_every_family_parses_with_its_declared_type(self):
+        # Labelled families appear once a series exists: serve one request first.
+        embed(["a request so that every stage has been seen"])
         content_type, families = scrape()
         self.assertTrue(content_type.startswith("text/plain; version=0.0.4"), content_type)
         expected = {

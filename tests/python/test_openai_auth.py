@@ -22,10 +22,15 @@ class OpenAIAuthTest(unittest.TestCase):
         return openai.OpenAI(base_url=f"http://{URL}/v1", api_key=key, max_retries=0)
 
     def test_a_valid_key_is_served_with_rate_limit_headers(self):
-        raw = self.client(os.environ["INFERD_TEST_KEY"]).embeddings.with_raw_response.create(model=MODEL, input="hello")
+        # About 40 tokens, which the 600-a-minute bucket takes 4 s to refill.
+        text = " ".join(["word"] * 38)
+        raw = self.client(os.environ["INFERD_TEST_KEY"]).embeddings.with_raw_response.create(model=MODEL, input=text)
         self.assertEqual(raw.http_response.status_code, 200)
-        self.assertEqual(raw.headers["x-ratelimit-limit-tokens"], "100000")
-        self.assertLess(int(raw.headers["x-ratelimit-remaining-tokens"]), 100000)
+        used = raw.parse().usage.prompt_tokens
+        self.assertEqual(used, 40)
+        self.assertEqual(raw.headers["x-ratelimit-limit-tokens"], "600")
+        remaining = int(raw.headers["x-ratelimit-remaining-tokens"])
+        self.assertTrue(600 - used <= remaining < 600, remaining)
         self.assertEqual(len(raw.parse().data[0].embedding), 384)
 
     def test_a_wrong_key_raises_authentication_error(self):
