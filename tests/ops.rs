@@ -40,28 +40,17 @@ async fn keyed_server(extra: &str) -> Server {
         hash(TEAM_KEY)
     );
     let models = bundled_model("iris-logistic", "") + &bundled_model("iris-xgboost", "");
-    let server = Server::start(&models, &server).await;
-    wait_ready(&server).await;
-    server
-}
-
-async fn wait_ready(server: &Server) {
-    for _ in 0..1500 {
-        if server.get("/v2/health/ready").await.status() == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("not ready:\n{}", server.log());
+    Server::start_ready(&models, &server).await
 }
 
 fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     response.headers().get(name).map(|value| value.to_str().unwrap())
 }
 
-async fn infer_with(server: &Server, model: &str, auth: Option<(&str, &str)>) -> reqwest::Response {
+/// Posts the iris row to `model`, with one extra header (credentials, a request id...).
+async fn infer_with(server: &Server, model: &str, header: Option<(&str, &str)>) -> reqwest::Response {
     let mut request = server.client.post(server.url(&format!("/v2/models/{model}/infer"))).json(&iris_row());
-    if let Some((name, value)) = auth {
+    if let Some((name, value)) = header {
         request = request.header(name, value);
     }
     request.send().await.unwrap()
@@ -167,8 +156,7 @@ async fn request_quota_counts_down_then_refuses_with_retry_after() {
 async fn token_quota_reserves_and_refuses_in_openai_shape() {
     let server =
         format!("[[server.auth.keys]]\nid = \"tpm\"\nsha256 = \"{}\"\ntokens_per_minute = 20\n", hash(TEAM_KEY));
-    let server = Server::start(&embedding_model(""), &server).await;
-    wait_ready(&server).await;
+    let server = Server::start_ready(&embedding_model(""), &server).await;
     let embed = |input: &'static str| {
         server
             .client
@@ -209,8 +197,8 @@ fn heavy_embedding_request() -> Value {
 
 #[tokio::test]
 async fn concurrency_limit_sheds_with_retry_after_and_timeouts_answer_504() {
-    let server = Server::start(&embedding_model(""), "max_concurrent_requests = 1\nmax_input_tokens = 10000\n").await;
-    wait_ready(&server).await;
+    let server =
+        Server::start_ready(&embedding_model(""), "max_concurrent_requests = 1\nmax_input_tokens = 10000\n").await;
     let slow = {
         let client = server.client.clone();
         let url = server.url("/v1/embeddings");
@@ -241,8 +229,8 @@ async fn concurrency_limit_sheds_with_retry_after_and_timeouts_answer_504() {
     assert!(message.contains("12200 input tokens; at most 10000"), "{message}");
     drop(server);
 
-    let server = Server::start(&embedding_model(""), "request_timeout = \"100ms\"\nmax_body_bytes = 200000\n").await;
-    wait_ready(&server).await;
+    let server =
+        Server::start_ready(&embedding_model(""), "request_timeout = \"100ms\"\nmax_body_bytes = 200000\n").await;
     let late = server.post_json("/v1/embeddings", &heavy_embedding_request()).await;
     assert_eq!(late.status(), 504);
     assert_eq!(late.json::<Value>().await.unwrap()["error"]["code"], "timeout");
@@ -270,16 +258,8 @@ async fn concurrency_limit_sheds_with_retry_after_and_timeouts_answer_504() {
 #[tokio::test]
 async fn request_ids_server_timing_and_stage_metrics() {
     let models = bundled_model("iris-logistic", "") + &embedding_model("");
-    let server = Server::start(&models, "").await;
-    wait_ready(&server).await;
-    let response = server
-        .client
-        .post(server.url("/v2/models/iris-logistic/infer"))
-        .header("x-request-id", "trace-me-42")
-        .json(&iris_row())
-        .send()
-        .await
-        .unwrap();
+    let server = Server::start_ready(&models, "").await;
+    let response = infer_with(&server, "iris-logistic", Some(("x-request-id", "trace-me-42"))).await;
     assert_eq!(header(&response, "x-request-id"), Some("trace-me-42"));
     let timing = header(&response, "server-timing").unwrap().to_string();
     let stages: Vec<&str> = timing.split(", ").map(|entry| entry.split(';').next().unwrap()).collect();
@@ -331,8 +311,7 @@ async fn jwt_bearer_tokens_are_validated() {
         fixture("jwks.json")
     );
     let models = bundled_model("iris-logistic", "") + &bundled_model("iris-xgboost", "");
-    let server = Server::start(&models, &server).await;
-    wait_ready(&server).await;
+    let server = Server::start_ready(&models, &server).await;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let claims = |sub: &str, exp: i64, nbf: i64, iss: &str, aud: &str| json!({ "sub": sub, "exp": exp, "nbf": nbf, "iat": now, "iss": iss, "aud": aud });
     let iss = "https://login.example.test/tenant/v2.0";
@@ -432,12 +411,11 @@ async fn keys_file_reloads_on_sighup() {
         std::fs::write(&keys, format!("[[keys]]\nid = \"{id}\"\nsha256 = \"{}\"\n", hash(key))).unwrap();
     };
     write("first", "first-key");
-    let server = Server::start(
+    let server = Server::start_ready(
         &bundled_model("iris-logistic", ""),
         &format!("[server.auth]\nkeys_file = \"{}\"\n", keys.display()),
     )
     .await;
-    wait_ready(&server).await;
     let with = |key: &'static str| infer_with(&server, "iris-logistic", Some(("api-key", key)));
     assert_eq!(with("first-key").await.status(), 200);
     write("second", "second-key");
@@ -519,16 +497,10 @@ async fn exports_request_spans_over_otlp() {
         &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
     );
     server.wait_listening().await;
-    wait_ready(&server).await;
+    server.wait_ready().await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let response = server
-        .client
-        .post(server.url("/v2/models/iris-logistic/infer"))
-        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
-        .json(&iris_row())
-        .send()
-        .await
-        .unwrap();
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let response = infer_with(&server, "iris-logistic", Some(("traceparent", &traceparent))).await;
     assert_eq!(response.status(), 200);
     let mut exported = String::new();
     for _ in 0..300 {
@@ -556,15 +528,8 @@ async fn exports_request_spans_over_otlp() {
 async fn json_logs_carry_one_line_per_request() {
     let mut server = Server::spawn(&bundled_model("iris-logistic", ""), "", &["--log-format", "json"]);
     server.wait_listening().await;
-    wait_ready(&server).await;
-    let response = server
-        .client
-        .post(server.url("/v2/models/iris-logistic/infer"))
-        .header("x-request-id", "json-log-1")
-        .json(&iris_row())
-        .send()
-        .await
-        .unwrap();
+    server.wait_ready().await;
+    let response = infer_with(&server, "iris-logistic", Some(("x-request-id", "json-log-1"))).await;
     assert_eq!(response.status(), 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let log = server.log();
@@ -588,7 +553,7 @@ async fn payloads_are_logged_only_when_asked_and_only_for_admitted_requests() {
         &[("INFERD_LOG", "info,inferd::payload=debug")],
     );
     server.wait_listening().await;
-    wait_ready(&server).await;
+    server.wait_ready().await;
     let mut row = iris_row();
     row["id"] = json!("admitted-payload");
     let response = server

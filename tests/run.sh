@@ -23,28 +23,38 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
+# A free local port.
+free_port() {
+  "$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until the server on port $1 (process $2, log $3) is ready; fails if it exits first.
+wait_ready() {
+  for _ in $(seq 1 300); do
+    if "$venv/bin/python" -c "import sys, urllib.request
+try:
+    sys.exit(urllib.request.urlopen('http://127.0.0.1:$1/v2/health/ready').status != 200)
+except Exception:
+    sys.exit(1)"; then
+      return 0
+    fi
+    if ! kill -0 "$2" 2>/dev/null; then
+      echo "inferd exited before becoming ready:" >&2
+      cat "$3" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+
 cargo build --bin inferd
-port="$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 log="$root/target/python-tests-server.log"
 INFERD_LISTEN="127.0.0.1:$port" target/debug/inferd serve >"$log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 
-for _ in $(seq 1 300); do
-  if "$venv/bin/python" -c "import sys, urllib.request
-try:
-    sys.exit(urllib.request.urlopen('http://127.0.0.1:$port/v2/health/ready').status != 200)
-except Exception:
-    sys.exit(1)"; then
-    break
-  fi
-  if ! kill -0 "$server" 2>/dev/null; then
-    echo "inferd exited before becoming ready:" >&2
-    cat "$log" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
+wait_ready "$port" "$server" "$log"
 
 # A second server with API keys and quotas, for the openai client's authentication tests.
 auth_dir="$root/target/auth-test"
@@ -62,21 +72,12 @@ id = "python-limited"
 sha256 = "$(printf '%s\n' "$limited_key" | target/debug/inferd hash-key)"
 requests_per_minute = 2
 KEYS
-auth_port="$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+auth_port="$(free_port)"
 auth_log="$root/target/python-tests-auth-server.log"
 INFERD_LISTEN="127.0.0.1:$auth_port" INFERD_KEYS_FILE="$auth_dir/keys.toml" target/debug/inferd serve >"$auth_log" 2>&1 &
 auth_server=$!
 trap 'kill "$server" "$auth_server" 2>/dev/null || true' EXIT
-for _ in $(seq 1 300); do
-  if "$venv/bin/python" -c "import sys, urllib.request
-try:
-    sys.exit(urllib.request.urlopen('http://127.0.0.1:$auth_port/v2/health/ready').status != 200)
-except Exception:
-    sys.exit(1)"; then
-    break
-  fi
-  sleep 0.1
-done
+wait_ready "$auth_port" "$auth_server" "$auth_log"
 
 INFERD_URL="127.0.0.1:$port" INFERD_AUTH_URL="127.0.0.1:$auth_port" INFERD_TEST_KEY="$test_key" \
   INFERD_LIMITED_KEY="$limited_key" "$venv/bin/python" -m unittest discover -s tests/python -v

@@ -117,12 +117,17 @@ impl Server {
     /// Starts the server and waits until every model is ready.
     pub async fn start_ready(models: &str, server: &str) -> Server {
         let server = Server::start(models, server).await;
+        server.wait_ready().await;
+        server
+    }
+
+    /// Waits until every model is ready.
+    pub async fn wait_ready(&self) {
         let started = Instant::now();
-        while server.get("/v2/health/ready").await.status() != 200 {
-            assert!(started.elapsed() < Duration::from_secs(30), "not ready:\n{}", server.log());
+        while self.get("/v2/health/ready").await.status() != 200 {
+            assert!(started.elapsed() < Duration::from_secs(30), "not ready:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        server
     }
 
     pub async fn wait_listening(&mut self) {

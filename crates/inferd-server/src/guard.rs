@@ -22,7 +22,7 @@ fn is_public(path: &str, state: &AppState) -> bool {
 }
 
 /// Inference requests are the POSTs; they count against quotas and the concurrency limit.
-fn is_inference(method: &Method) -> bool {
+pub(crate) fn is_inference(method: &Method) -> bool {
     method == Method::POST
 }
 

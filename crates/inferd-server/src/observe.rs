@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use inferd_core::RejectReason;
@@ -14,6 +14,7 @@ use inferd_core::RejectReason;
 use crate::app::{AppState, ModelLabel, TokenUsage};
 use crate::auth::Caller;
 use crate::error::reject_reason_of_status;
+use crate::guard::is_inference;
 use crate::telemetry::RequestTrace;
 use crate::timing::{Timing, server_timing};
 
@@ -37,7 +38,7 @@ pub(crate) async fn observe(State(state): State<AppState>, mut request: Request,
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
     let method = request.method().clone();
-    let inference = method == Method::POST;
+    let inference = is_inference(&method);
     let trace_headers = state.telemetry.as_ref().map(|_| request.headers().clone());
     let timing = Timing::start(started);
     request.extensions_mut().insert(timing.clone());
