@@ -18,9 +18,9 @@
 use std::path::{Path, PathBuf};
 
 use inferd_classical::EngineOptions;
-use inferd_core::{BatchPolicy, DeviceSpec, Engine, Precision};
+use inferd_core::{BatchPolicy, DeviceSpec, Engine, Precision, SchedulerPolicy};
 use inferd_server::ServerSettings;
-use inferd_transformers::{EmbeddingOptions, ModelSource};
+use inferd_transformers::{EmbeddingOptions, GenerationOptions, ModelSource};
 use serde::Deserialize;
 
 /// The bundled default configuration, relative to the working directory.
@@ -51,6 +51,9 @@ pub enum ModelKind {
     /// A sentence-transformers embedding model: a folder in the Hugging Face layout, or a hub
     /// repository `hf:org/name[@revision]`.
     Embedding,
+    /// A llama-family text generation model: a GGUF file, or a folder or hub repository with
+    /// a GGUF file or a Hugging Face checkpoint (`config.json`, safetensors, `tokenizer.json`).
+    Llm,
 }
 
 /// One model to serve.
@@ -80,6 +83,15 @@ pub struct ModelConfig {
     /// How its batches form.
     #[serde(default)]
     pub batching: BatchPolicy,
+    /// For `llm` models: the continuous-batching scheduler's bounds.
+    #[serde(default)]
+    pub generation: SchedulerPolicy,
+    /// For `llm` models: cap the context (prompt and completion) below the model's own.
+    #[serde(default)]
+    pub context_length: Option<usize>,
+    /// For `llm` models: the GGUF file in a folder or hub repository holding several.
+    #[serde(default)]
+    pub gguf_file: Option<String>,
 }
 
 impl ModelConfig {
@@ -94,12 +106,24 @@ impl ModelConfig {
             precision: None,
             threads: None,
             batching: BatchPolicy::default(),
+            generation: SchedulerPolicy::default(),
+            context_length: None,
+            gguf_file: None,
         }
     }
 
     /// The classical engine options.
     pub fn engine_options(&self) -> EngineOptions {
         EngineOptions { engine: self.engine, precision: self.precision, threads: self.threads }
+    }
+
+    /// The generation options.
+    pub fn generation_options(&self) -> GenerationOptions {
+        GenerationOptions {
+            threads: self.threads,
+            context_length: self.context_length,
+            gguf_file: self.gguf_file.clone(),
+        }
     }
 
     /// The embedding engine options.

@@ -3,9 +3,10 @@
 
 use inferd_classical::{Forest, ForestPredictor, LinearModel, LinearPredictor};
 use inferd_core::{
-    Device, EmbeddingService, Metrics, ModelTask, ServedModel, TabularModel, TabularService, device_name,
+    Device, EmbeddingService, GenerationService, Metrics, ModelTask, ServedModel, TabularModel, TabularService,
+    device_name,
 };
-use inferd_transformers::{ModelSource, load_embedding};
+use inferd_transformers::{ModelSource, load_embedding, load_generation};
 
 use crate::config::{ModelConfig, ModelKind};
 
@@ -20,6 +21,7 @@ pub fn load_model(config: &ModelConfig, device: &Device, metrics: &Metrics) -> R
             (Box::new(predictor), engine)
         }
         ModelKind::Embedding => return load_embedding_model(config, device, metrics),
+        ModelKind::Llm => return load_generation_model(config, device, metrics),
         ModelKind::Xgboost | ModelKind::Lightgbm => {
             let forest = if config.kind == ModelKind::Xgboost {
                 Forest::load_xgboost(&config.path)
@@ -62,5 +64,27 @@ fn load_embedding_model(config: &ModelConfig, device: &Device, metrics: &Metrics
         device: device_name(device),
         engine,
         task: ModelTask::Embedding(service),
+    })
+}
+
+/// Loads a generative model (a GGUF file, or a folder or hub repository) and starts its
+/// continuous-batching scheduler.
+fn load_generation_model(config: &ModelConfig, device: &Device, metrics: &Metrics) -> Result<ServedModel, String> {
+    let text = config.path.to_string_lossy();
+    let source = ModelSource::parse(&text).map_err(|err| err.to_string())?;
+    let loaded = load_generation(&source, device, &config.generation_options()).map_err(|err| err.to_string())?;
+    let service = GenerationService::start(
+        &config.name,
+        loaded.info,
+        loaded.codec,
+        loaded.model,
+        config.generation.clone(),
+        metrics.batcher(&config.name),
+    )?;
+    Ok(ServedModel {
+        name: config.name.clone(),
+        device: device_name(device),
+        engine: loaded.engine,
+        task: ModelTask::Generation(service),
     })
 }

@@ -10,6 +10,7 @@ pub mod device;
 pub mod embedding;
 pub mod engine;
 pub mod error;
+pub mod generation;
 pub mod metrics;
 pub mod registry;
 pub mod tabular;
@@ -19,6 +20,10 @@ pub use device::{Device, DeviceError, DeviceSpec, device_name};
 pub use embedding::{EmbeddingInfo, EmbeddingModel, EmbeddingService, TextEncoder, TextInput, TokenizedInputs};
 pub use engine::{Engine, Precision};
 pub use error::InferError;
+pub use generation::{
+    CausalLm, ChatMessage, Event, FinishReason, GenerationInfo, GenerationRequest, GenerationService, GenerationStream,
+    SamplingParams, SchedulerPolicy, SequenceStep, TextCodec,
+};
 pub use metrics::{BatchMetrics, InFlightRequest, Metrics, RejectReason};
 pub use registry::{ModelRegistry, ModelStatus, ModelTask, ServedModel};
 pub use tabular::{OutputSpec, Rows, TabularModel, TabularOutput, TabularSchema, TabularService, ValueKind, Values};

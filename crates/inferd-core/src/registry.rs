@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::embedding::EmbeddingService;
 use crate::error::InferError;
+use crate::generation::GenerationService;
 use crate::metrics::Metrics;
 use crate::tabular::TabularService;
 
@@ -18,6 +19,8 @@ pub enum ModelTask {
     Tabular(TabularService),
     /// Texts in, one vector per text out.
     Embedding(EmbeddingService),
+    /// A prompt in, generated tokens out (streamed).
+    Generation(GenerationService),
 }
 
 /// A loaded model, ready to serve.
@@ -37,7 +40,7 @@ impl ServedModel {
     pub fn tabular(&self) -> Option<&TabularService> {
         match &self.task {
             ModelTask::Tabular(service) => Some(service),
-            ModelTask::Embedding(_) => None,
+            _ => None,
         }
     }
 
@@ -45,7 +48,15 @@ impl ServedModel {
     pub fn embedding(&self) -> Option<&EmbeddingService> {
         match &self.task {
             ModelTask::Embedding(service) => Some(service),
-            ModelTask::Tabular(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The generation service, when this is a generative model.
+    pub fn generation(&self) -> Option<&GenerationService> {
+        match &self.task {
+            ModelTask::Generation(service) => Some(service),
+            _ => None,
         }
     }
 
@@ -54,6 +65,7 @@ impl ServedModel {
         match &self.task {
             ModelTask::Tabular(service) => service.close(),
             ModelTask::Embedding(service) => service.close(),
+            ModelTask::Generation(service) => service.close(),
         }
     }
 }

@@ -9,12 +9,20 @@ use axum::middleware::Next;
 use axum::response::Response;
 use inferd_core::InferError;
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::app::AppState;
 use crate::error::{protocol_error, protocol_status};
 use crate::payload;
 use crate::timing::Timing;
+
+/// A request's place under `max_concurrent_requests`, held until the response is complete: for
+/// a streamed response, the stream keeps a clone until its last event.
+#[derive(Clone)]
+pub(crate) struct ConcurrencySlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
 /// Paths anyone may call: liveness and readiness, for orchestrators and load balancers.
 fn is_public(path: &str, state: &AppState) -> bool {
@@ -45,7 +53,7 @@ pub(crate) async fn guard(State(state): State<AppState>, mut request: Request, n
     }
     // The concurrency limit before the quota, so that a request shed for load costs the caller
     // nothing.
-    let Ok(_permit) = state.concurrency.clone().try_acquire_owned() else {
+    let Ok(permit) = state.concurrency.clone().try_acquire_owned() else {
         let err = InferError::Busy { retry_after: state.busy_retry_after() };
         return with_caller(protocol_error(&path, err), caller);
     };
@@ -59,6 +67,9 @@ pub(crate) async fn guard(State(state): State<AppState>, mut request: Request, n
         timing.set_deadline(deadline);
     }
     request.extensions_mut().insert(caller.clone());
+    // Held here until the response is ready, and by a streamed response's body until its end.
+    let slot = ConcurrencySlot(Arc::new(permit));
+    request.extensions_mut().insert(slot.clone());
     if state.settings.log_payloads {
         request = match payload::log_request(request, state.settings.max_body_bytes).await {
             Ok(request) => request,
@@ -70,5 +81,6 @@ pub(crate) async fn guard(State(state): State<AppState>, mut request: Request, n
         Err(_) => protocol_error(&path, InferError::Timeout),
     };
     let response = if state.settings.log_payloads { payload::log_response(response).await } else { response };
+    drop(slot);
     with_caller(response, caller)
 }

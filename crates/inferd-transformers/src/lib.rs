@@ -5,16 +5,21 @@
 //! - [`tokenizer`]: Hugging Face tokenizers, bounded by the model's sequence length;
 //! - [`bert`]: BERT encoders with a native CPU engine and a candle tensor engine;
 //! - [`embedding`]: sentence-transformers pipelines (pooling, normalisation) loaded into what
-//!   inferd-core's `EmbeddingService` serves.
+//!   inferd-core's `EmbeddingService` serves;
+//! - [`generation`]: llama-family text generation (GGUF and safetensors) for inferd-core's
+//!   `GenerationService`.
 
 pub mod bert;
 pub mod embedding;
 pub mod error;
+pub mod generation;
 mod kernels;
+mod quant;
 pub mod source;
 pub mod tokenizer;
 
 pub use embedding::{EmbeddingOptions, LoadedEmbedding, Pooling, load_embedding};
 pub use error::LoadError;
+pub use generation::{GenerationOptions, LoadedGeneration, load_generation};
 pub use source::{ModelFiles, ModelSource};
 pub use tokenizer::TextTokenizer;

@@ -86,14 +86,19 @@ impl From<InferError> for OpenAiError {
     }
 }
 
+impl OpenAiError {
+    /// The `error` object of the response body.
+    pub(crate) fn body(&self) -> serde_json::Value {
+        json!({ "message": self.message, "type": self.kind(), "param": self.param, "code": self.code })
+    }
+}
+
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
             tracing::warn!(status = self.status.as_u16(), error = %self.message, "request failed");
         }
-        let body = json!({
-            "error": { "message": self.message, "type": self.kind(), "param": self.param, "code": self.code }
-        });
+        let body = json!({ "error": self.body() });
         let mut response = (self.status, axum::Json(body)).into_response();
         finish_error(&mut response, self.close_connection, self.retry_after, self.reason);
         response

@@ -180,6 +180,25 @@ fn metadata(model: &ServedModel) -> Value {
                 },
             })
         }
+        ModelTask::Generation(service) => {
+            let info = service.info();
+            json!({
+                "name": model.name,
+                "versions": [VERSION],
+                "platform": info.platform,
+                "inputs": [],
+                "outputs": [],
+                "parameters": {
+                    "device": model.device,
+                    "engine": model.engine,
+                    "context_length": info.context_length,
+                    "vocab_size": info.vocab_size,
+                    "max_running_sequences": service.policy().max_running_sequences,
+                    "max_total_tokens": service.policy().max_total_tokens,
+                    "endpoints": ["/v1/chat/completions", "/v1/completions"],
+                },
+            })
+        }
     }
 }
 
@@ -256,6 +275,11 @@ async fn run_infer(
         ModelTask::Embedding(_) => {
             let (outputs, embedded) = embedding::infer(state, &model, request, deadline, caller, timing).await?;
             (outputs, Some(embedded))
+        }
+        ModelTask::Generation(_) => {
+            return Err(V2Error::bad_request(format!(
+                "model '{name}' generates text: use POST /v1/chat/completions or /v1/completions"
+            )));
         }
     };
     let encoded = codec::encode_response(name, id.as_deref(), &outputs);

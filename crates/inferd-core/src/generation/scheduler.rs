@@ -1,0 +1,481 @@
+//! The continuous-batching scheduler: one OS thread per generative model.
+//!
+//! The thread keeps a running batch of sequences, each with its own key/value cache. Every step
+//! it (1) drops sequences whose caller went away (and queued requests whose deadline passed
+//! before they could start), (2) admits queued
+//! requests, oldest first, while the batch has room by `max_running_sequences`, the key/value
+//! budget `max_total_tokens` (prompt + `max_tokens` of every running sequence) and the step's
+//! `max_prefill_tokens`, (3) runs one forward pass over all of them (new sequences feed their
+//! prompt, running ones their last token), and (4) samples one token per sequence and sends it.
+//! A sequence leaves the batch at a stop token, at `max_tokens`, or when cancelled; its place
+//! is free for the next step.
+//!
+//! A request reserves its whole budget when it joins, so a running sequence never has to be
+//! preempted for memory. A panic inside the model fails the sequences of that step (their
+//! caches may be half written) and the thread goes on.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{CausalLm, Event, FinishReason, GenerationInfo, GenerationRequest, Sampler, SchedulerPolicy, SequenceStep};
+use crate::error::InferError;
+use crate::metrics::BatchMetrics;
+
+struct Job {
+    request: GenerationRequest,
+    max_tokens: usize,
+    enqueued: Instant,
+    events: UnboundedSender<Event>,
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Shared {
+    name: String,
+    policy: SchedulerPolicy,
+    queue: Mutex<Queue>,
+    wakeup: Condvar,
+    /// Moving average of a sequence's time in the batch, in milliseconds, for retry estimates.
+    sequence_millis: AtomicU64,
+    metrics: BatchMetrics,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The queue in front of a model's scheduler thread.
+pub(super) struct Scheduler {
+    shared: Arc<Shared>,
+}
+
+impl Scheduler {
+    /// Starts the scheduler thread for `model`.
+    pub(super) fn spawn<M: CausalLm>(
+        name: &str,
+        model: M,
+        info: GenerationInfo,
+        policy: SchedulerPolicy,
+        metrics: BatchMetrics,
+    ) -> Result<Self, String> {
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            policy,
+            queue: Mutex::new(Queue { jobs: VecDeque::new(), closed: false }),
+            wakeup: Condvar::new(),
+            sequence_millis: AtomicU64::new(1000),
+            metrics,
+        });
+        let worker = Worker { shared: Arc::clone(&shared), model, info, running: Vec::new(), reserved: 0 };
+        std::thread::Builder::new()
+            .name(format!("inferd-generate-{name}"))
+            .spawn(move || worker.run())
+            .map_err(|err| format!("cannot start the scheduler thread: {err}"))?;
+        Ok(Self { shared })
+    }
+
+    /// Queues a checked request, or refuses it when the queue is full or closed.
+    pub(super) fn enqueue(
+        &self,
+        request: GenerationRequest,
+        max_tokens: usize,
+        events: UnboundedSender<Event>,
+    ) -> Result<(), InferError> {
+        let mut queue = self.shared.lock();
+        if queue.closed {
+            return Err(InferError::ShuttingDown);
+        }
+        let policy = &self.shared.policy;
+        if queue.jobs.len() >= policy.max_queued_requests {
+            // The queue drains by about max_running_sequences per sequence duration.
+            let millis = self.shared.sequence_millis.load(Ordering::Relaxed) as f64;
+            let rounds = queue.jobs.len() as f64 / policy.max_running_sequences as f64;
+            let seconds = (millis * rounds / 1000.0).ceil().clamp(1.0, 60.0);
+            return Err(InferError::Overloaded {
+                model: self.shared.name.clone(),
+                retry_after: Duration::from_secs(seconds as u64),
+            });
+        }
+        queue.jobs.push_back(Job { request, max_tokens, enqueued: Instant::now(), events });
+        self.shared.metrics.queue_depth.set(queue.jobs.len() as i64);
+        drop(queue);
+        self.shared.wakeup.notify_one();
+        Ok(())
+    }
+
+    /// Refuses new requests; what is queued and running finishes.
+    pub(super) fn close(&self) {
+        self.shared.lock().closed = true;
+        self.shared.wakeup.notify_all();
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A sequence in the running batch.
+struct Sequence<C> {
+    cache: C,
+    /// Tokens to feed at the next step: the prompt first, then the last sampled token.
+    feed: Vec<u32>,
+    sampler: Sampler,
+    generated: usize,
+    max_tokens: usize,
+    /// Its share of the key/value budget.
+    reserved: usize,
+    ignore_eos: bool,
+    started: Instant,
+    events: UnboundedSender<Event>,
+    /// Set once the sequence has ended (and its last event was sent).
+    done: bool,
+}
+
+struct Worker<M: CausalLm> {
+    shared: Arc<Shared>,
+    model: M,
+    info: GenerationInfo,
+    running: Vec<Sequence<M::Cache>>,
+    /// Key/value tokens reserved by the running sequences.
+    reserved: usize,
+}
+
+impl<M: CausalLm> Worker<M> {
+    fn run(mut self) {
+        loop {
+            if !self.admit() {
+                return;
+            }
+            self.step();
+            self.retire();
+        }
+    }
+
+    /// Moves queued requests into the batch while they fit; waits while there is nothing to
+    /// do. Returns false when closed with nothing left.
+    fn admit(&mut self) -> bool {
+        let policy = self.shared.policy.clone();
+        let shared = Arc::clone(&self.shared);
+        let mut queue = shared.lock();
+        loop {
+            // Callers that left, or whose deadline passed, while queued.
+            let now = Instant::now();
+            queue.jobs.retain(|job| {
+                if job.request.deadline.is_some_and(|deadline| now >= deadline) {
+                    let _ = job.events.send(Event::Failed(InferError::Timeout));
+                    return false;
+                }
+                !job.events.is_closed()
+            });
+            let mut prefill = 0;
+            while let Some(job) = queue.jobs.front() {
+                let prompt = job.request.prompt.len();
+                let need = prompt + job.max_tokens;
+                let fits = self.running.len() < policy.max_running_sequences
+                    && self.reserved + need <= policy.max_total_tokens
+                    && (prefill == 0 || prefill + prompt <= policy.max_prefill_tokens);
+                if !fits {
+                    break;
+                }
+                let Some(job) = queue.jobs.pop_front() else { break };
+                prefill += prompt;
+                self.start(job, need);
+            }
+            shared.metrics.queue_depth.set(queue.jobs.len() as i64);
+            if !self.running.is_empty() {
+                return true;
+            }
+            if queue.closed && queue.jobs.is_empty() {
+                return false;
+            }
+            queue = shared.wakeup.wait(queue).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn start(&mut self, job: Job, need: usize) {
+        let queue_time = job.enqueued.elapsed();
+        self.shared.metrics.queue_duration.observe(queue_time.as_secs_f64());
+        let sampler = Sampler::new(job.request.sampling, &job.request.prompt);
+        let sequence = Sequence {
+            cache: self.model.new_cache(),
+            feed: job.request.prompt,
+            sampler,
+            generated: 0,
+            max_tokens: job.max_tokens,
+            reserved: need,
+            ignore_eos: job.request.ignore_eos,
+            started: Instant::now(),
+            events: job.events,
+            done: false,
+        };
+        // A caller gone already is dropped at the next retire.
+        let _ = sequence.events.send(Event::Started { queue_time });
+        self.reserved += need;
+        self.running.push(sequence);
+    }
+
+    /// One forward pass over every running sequence, and one token for each.
+    fn step(&mut self) {
+        for sequence in &mut self.running {
+            if sequence.events.is_closed() {
+                sequence.done = true;
+            }
+        }
+        let active: Vec<usize> = (0..self.running.len()).filter(|&i| !self.running[i].done).collect();
+        if active.is_empty() {
+            return;
+        }
+        self.shared.metrics.batch_started(active.len());
+        let started = Instant::now();
+        let outcome = {
+            let mut batch: Vec<SequenceStep<'_, M::Cache>> = self
+                .running
+                .iter_mut()
+                .filter(|sequence| !sequence.done)
+                .map(|sequence| SequenceStep { cache: &mut sequence.cache, tokens: &sequence.feed })
+                .collect();
+            let model = &mut self.model;
+            catch_unwind(AssertUnwindSafe(|| model.forward(&mut batch)))
+                .unwrap_or_else(|_| Err(InferError::Internal("the model panicked".into())))
+        };
+        self.shared.metrics.observe_batch(active.len(), started.elapsed());
+        let logits = match outcome {
+            Ok(logits) if logits.len() == active.len() => logits,
+            Ok(logits) => {
+                let message = format!("model returned {} results for {} sequences", logits.len(), active.len());
+                return self.fail(&active, InferError::Internal(message));
+            }
+            Err(err) => return self.fail(&active, err),
+        };
+        for (&index, mut logits) in active.iter().zip(logits) {
+            let sequence = &mut self.running[index];
+            let (id, logprobs) = sequence.sampler.sample(&mut logits);
+            sequence.generated += 1;
+            if !sequence.ignore_eos && self.info.stop_ids.contains(&id) {
+                let _ = sequence.events.send(Event::Finished { reason: FinishReason::Stop });
+                sequence.done = true;
+                continue;
+            }
+            let _ = sequence.events.send(Event::Token { id, logprobs });
+            if sequence.generated >= sequence.max_tokens {
+                let _ = sequence.events.send(Event::Finished { reason: FinishReason::Length });
+                sequence.done = true;
+            } else {
+                sequence.feed.clear();
+                sequence.feed.push(id);
+            }
+        }
+    }
+
+    /// Fails every active sequence of a step that went wrong.
+    fn fail(&mut self, active: &[usize], err: InferError) {
+        tracing::error!(model = %self.shared.name, error = %err, "generation step failed");
+        for &index in active {
+            let sequence = &mut self.running[index];
+            let _ = sequence.events.send(Event::Failed(err.clone()));
+            sequence.done = true;
+        }
+    }
+
+    /// Frees the places of sequences that ended.
+    fn retire(&mut self) {
+        let shared = &self.shared;
+        let mut freed = 0;
+        self.running.retain(|sequence| {
+            if sequence.done {
+                freed += sequence.reserved;
+                let millis = sequence.started.elapsed().as_millis() as u64;
+                let average = shared.sequence_millis.load(Ordering::Relaxed);
+                shared.sequence_millis.store((average * 7 + millis) / 8, Ordering::Relaxed);
+            }
+            !sequence.done
+        });
+        self.reserved -= freed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::{GenerationService, SamplingParams, TextCodec};
+    use crate::metrics::Metrics;
+
+    /// A model whose next token is (last token + 1) mod 10, or 9 (the stop token) after 5; it
+    /// records how many sequences each step ran.
+    struct Counter {
+        steps: Arc<Mutex<Vec<usize>>>,
+        panics_on: Option<u32>,
+    }
+
+    impl CausalLm for Counter {
+        type Cache = Vec<u32>;
+
+        fn new_cache(&self) -> Vec<u32> {
+            Vec::new()
+        }
+
+        fn forward(&mut self, batch: &mut [SequenceStep<'_, Vec<u32>>]) -> Result<Vec<Vec<f32>>, InferError> {
+            self.steps.lock().unwrap().push(batch.len());
+            std::thread::sleep(Duration::from_millis(2));
+            Ok(batch
+                .iter_mut()
+                .map(|step| {
+                    step.cache.extend_from_slice(step.tokens);
+                    let last = *step.cache.last().unwrap();
+                    if Some(last) == self.panics_on {
+                        panic!("boom");
+                    }
+                    let mut logits = vec![0.0; 10];
+                    logits[if last == 5 { 9 } else { (last as usize + 1) % 10 }] = 1.0;
+                    logits
+                })
+                .collect())
+        }
+    }
+
+    struct NoText;
+
+    impl TextCodec for NoText {
+        fn render_chat(&self, _: &[crate::generation::ChatMessage]) -> Result<String, InferError> {
+            Ok(String::new())
+        }
+        fn encode(&self, _: &str) -> Result<Vec<u32>, InferError> {
+            Ok(vec![])
+        }
+        fn decode(&self, _: &[u32]) -> String {
+            String::new()
+        }
+        fn token_bytes(&self, _: u32) -> Vec<u8> {
+            vec![]
+        }
+    }
+
+    fn service(policy: SchedulerPolicy, panics_on: Option<u32>) -> (GenerationService, Arc<Mutex<Vec<usize>>>) {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let info = GenerationInfo { platform: "test".into(), context_length: 64, vocab_size: 10, stop_ids: vec![9] };
+        let model = Counter { steps: Arc::clone(&steps), panics_on };
+        let metrics = Metrics::new().batcher("m");
+        (GenerationService::start("m", info, Arc::new(NoText), model, policy, metrics).unwrap(), steps)
+    }
+
+    fn request(prompt: Vec<u32>, max_tokens: Option<usize>) -> GenerationRequest {
+        GenerationRequest {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
+            ignore_eos: false,
+            deadline: None,
+        }
+    }
+
+    async fn collect(mut stream: crate::generation::GenerationStream) -> (Vec<u32>, Option<Event>) {
+        let mut ids = Vec::new();
+        while let Some(event) = stream.next().await {
+            match event {
+                Event::Started { .. } => {}
+                Event::Token { id, .. } => ids.push(id),
+                last => return (ids, Some(last)),
+            }
+        }
+        (ids, None)
+    }
+
+    #[tokio::test]
+    async fn sequences_stop_at_the_stop_token_or_max_tokens() {
+        let (service, _) = service(SchedulerPolicy::default(), None);
+        let (ids, last) = collect(service.submit(request(vec![1, 2], None)).unwrap()).await;
+        assert_eq!(ids, vec![3, 4, 5]);
+        assert_eq!(last, Some(Event::Finished { reason: FinishReason::Stop }));
+        let (ids, last) = collect(service.submit(request(vec![6], Some(2))).unwrap()).await;
+        assert_eq!(ids, vec![7, 8]);
+        assert_eq!(last, Some(Event::Finished { reason: FinishReason::Length }));
+    }
+
+    #[tokio::test]
+    async fn concurrent_sequences_share_steps_and_each_gets_its_own_tokens() {
+        let (service, steps) = service(SchedulerPolicy::default(), None);
+        let streams: Vec<_> = (0..4).map(|start| service.submit(request(vec![start], Some(4))).unwrap()).collect();
+        let mut results = Vec::new();
+        for stream in streams {
+            results.push(collect(stream).await.0);
+        }
+        assert_eq!(results[0], vec![1, 2, 3, 4]);
+        assert_eq!(results[3], vec![4, 5]);
+        assert!(steps.lock().unwrap().iter().any(|&n| n >= 2), "{:?}", steps.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn bounds_are_kept_and_a_full_queue_is_refused() {
+        let policy = SchedulerPolicy { max_running_sequences: 2, max_queued_requests: 1, ..SchedulerPolicy::default() };
+        let (service, steps) = service(policy, None);
+        let mut streams = Vec::new();
+        let mut refused = 0;
+        for _ in 0..8 {
+            match service.submit(request(vec![0], Some(30))) {
+                Ok(stream) => streams.push(stream),
+                Err(InferError::Overloaded { retry_after, .. }) => {
+                    assert!(retry_after >= Duration::from_secs(1));
+                    refused += 1;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!(refused >= 5, "{refused}");
+        for stream in streams {
+            collect(stream).await;
+        }
+        assert!(steps.lock().unwrap().iter().all(|&n| n <= 2));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stream_leaves_the_batch() {
+        let (service, steps) = service(SchedulerPolicy::default(), None);
+        let cycling = GenerationRequest { ignore_eos: true, ..request(vec![0], Some(60)) };
+        let mut stream = service.submit(cycling).unwrap();
+        assert!(matches!(stream.next().await, Some(Event::Started { .. })));
+        assert!(matches!(stream.next().await, Some(Event::Token { .. })));
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let count = steps.lock().unwrap().len();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(steps.lock().unwrap().len(), count, "steps went on after the caller left");
+        assert!(count < 30, "{count}");
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_before_queueing() {
+        let (service, _) = service(SchedulerPolicy { max_total_tokens: 40, ..SchedulerPolicy::default() }, None);
+        for (bad, needle) in [
+            (request(vec![], None), "empty"),
+            (request(vec![10], None), "outside the vocabulary"),
+            (request(vec![1; 64], None), "context"),
+            (request(vec![1], Some(0)), "at least 1"),
+            (request(vec![1; 10], Some(60)), "at most 54"),
+            (request(vec![1; 10], Some(40)), "budget"),
+        ] {
+            let err = service.submit(bad).err().unwrap();
+            assert!(matches!(&err, InferError::InvalidInput(m) if m.contains(needle)), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_step_fails_its_sequences_and_the_scheduler_goes_on() {
+        let (service, _) = service(SchedulerPolicy::default(), Some(7));
+        let (_, last) = collect(service.submit(request(vec![7], None)).unwrap()).await;
+        assert!(matches!(last, Some(Event::Failed(InferError::Internal(_)))), "{last:?}");
+        let (ids, _) = collect(service.submit(request(vec![1], Some(2))).unwrap()).await;
+        assert_eq!(ids, vec![2, 3]);
+    }
+}

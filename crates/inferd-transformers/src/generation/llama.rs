@@ -1,0 +1,313 @@
+//! The native engine for llama-family decoders (Llama, SmolLM, Qwen2): the forward pass written
+//! for the CPU, over a ragged batch.
+//!
+//! The new tokens of every sequence in a step (a whole prompt, or one token) are laid end to end
+//! as one `[tokens × hidden]` matrix, so each projection is one matrix product over the whole
+//! step: the weights are read once per step, however many sequences decode together. That is
+//! what makes continuous batching pay on a CPU, where decoding one sequence is bound by memory
+//! bandwidth. Attention alone runs per sequence (and per head, in parallel) against the
+//! sequence's own key/value cache. Every step computes each sequence's rows with the same
+//! arithmetic whatever else is in the batch, and a prompt's rows the same way as if decoded one
+//! by one.
+
+use std::sync::Arc;
+
+use inferd_core::{CausalLm, InferError, SequenceStep};
+use rayon::prelude::*;
+
+use super::config::{LlamaConfig, RopeStyle};
+use super::weights::LlamaWeights;
+use crate::kernels;
+use crate::quant::QuantizedRows;
+
+/// One sequence's keys and values, per layer, `[tokens × kv_heads·head_dim]` each.
+pub struct LlamaCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl LlamaCache {
+    /// Tokens cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A llama-family decoder on the CPU.
+pub struct NativeLlama {
+    config: LlamaConfig,
+    weights: LlamaWeights,
+    pool: Arc<rayon::ThreadPool>,
+    quantized: QuantizedRows,
+}
+
+/// Where one sequence's rows sit in the step's matrix.
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    len: usize,
+    /// Tokens already in its cache.
+    past: usize,
+}
+
+impl NativeLlama {
+    /// The engine, computing on `threads` threads of its own.
+    pub fn new(config: LlamaConfig, weights: LlamaWeights, threads: usize) -> Result<Self, String> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("inferd-llm-{i}"))
+            .build()
+            .map_err(|err| format!("cannot start the model's threads: {err}"))?;
+        Ok(Self { config, weights, pool: Arc::new(pool), quantized: QuantizedRows::default() })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Logits after every token of `tokens` fed to a fresh cache (for tests and tools).
+    pub fn logits_of_each(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, InferError> {
+        let mut cache = self.new_cache();
+        tokens
+            .iter()
+            .map(|&token| {
+                let mut step = [SequenceStep { cache: &mut cache, tokens: std::slice::from_ref(&token) }];
+                self.forward(&mut step).map(|mut logits| logits.remove(0))
+            })
+            .collect()
+    }
+
+    fn run(&mut self, batch: &mut [SequenceStep<'_, LlamaCache>]) -> Result<Vec<Vec<f32>>, InferError> {
+        let config = &self.config;
+        let (h, hd) = (config.hidden_size, config.head_dim);
+        let (q_size, kv_size) = (config.heads * hd, config.kv_size());
+        let qkv_size = q_size + 2 * kv_size;
+        let inter = config.intermediate_size;
+
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut total = 0;
+        for step in batch.iter() {
+            let past = step.cache.len;
+            if step.tokens.is_empty() || past + step.tokens.len() > config.context_length {
+                return Err(InferError::Internal(format!(
+                    "a sequence of {} cached and {} new tokens does not fit the context of {}",
+                    past,
+                    step.tokens.len(),
+                    config.context_length
+                )));
+            }
+            if let Some(&bad) = step.tokens.iter().find(|&&id| id as usize >= config.vocab_size) {
+                return Err(InferError::InvalidInput(format!("token id {bad} is outside the vocabulary")));
+            }
+            spans.push(Span { start: total, len: step.tokens.len(), past });
+            total += step.tokens.len();
+        }
+
+        // Embeddings, and the rotation of every row's position.
+        let mut x = vec![0f32; total * h];
+        let mut rotations = Vec::with_capacity(total);
+        for (step, span) in batch.iter().zip(&spans) {
+            for (i, &id) in step.tokens.iter().enumerate() {
+                let row = span.start + i;
+                self.weights.embeddings.row(id as usize, &mut x[row * h..(row + 1) * h]);
+                rotations.push(rotation(span.past + i, hd, config.rope_theta));
+            }
+        }
+
+        let mut normed = vec![0f32; total * h];
+        let mut qkv = vec![0f32; total * qkv_size];
+        let mut attended = vec![0f32; total * q_size];
+        let mut projected = vec![0f32; total * h];
+        let mut gate_up = vec![0f32; total * 2 * inter];
+        let mut activated = vec![0f32; total * inter];
+        for (index, layer) in self.weights.layers.iter().enumerate() {
+            rms_norm_rows(&x, &layer.attention_norm, config.rms_norm_eps, &mut normed);
+            layer.qkv.forward(&normed, total, &mut self.quantized, &mut qkv);
+            for (row, rotation) in qkv.chunks_exact_mut(qkv_size).zip(&rotations) {
+                if let Some(bias) = &layer.qkv_bias {
+                    row.iter_mut().zip(bias).for_each(|(value, b)| *value += b);
+                }
+                let (queries, rest) = row.split_at_mut(q_size);
+                for head in queries.chunks_exact_mut(hd).chain(rest[..kv_size].chunks_exact_mut(hd)) {
+                    rotate(head, rotation, config.rope);
+                }
+            }
+            for (step, span) in batch.iter_mut().zip(&spans) {
+                let cache = &mut *step.cache;
+                if cache.keys.len() <= index {
+                    cache.keys.resize_with(index + 1, Vec::new);
+                    cache.values.resize_with(index + 1, Vec::new);
+                }
+                for row in qkv[span.start * qkv_size..(span.start + span.len) * qkv_size].chunks_exact(qkv_size) {
+                    cache.keys[index].extend_from_slice(&row[q_size..q_size + kv_size]);
+                    cache.values[index].extend_from_slice(&row[q_size + kv_size..]);
+                }
+            }
+            attend(config, batch, &spans, index, &qkv, &mut attended);
+            layer.output.forward(&attended, total, &mut self.quantized, &mut projected);
+            x.iter_mut().zip(&projected).for_each(|(value, p)| *value += p);
+
+            rms_norm_rows(&x, &layer.ffn_norm, config.rms_norm_eps, &mut normed);
+            layer.gate_up.forward(&normed, total, &mut self.quantized, &mut gate_up);
+            for (row, out) in gate_up.chunks_exact(2 * inter).zip(activated.chunks_exact_mut(inter)) {
+                let (gate, up) = row.split_at(inter);
+                for ((value, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                    *value = g / (1.0 + kernels::exp(-g)) * u;
+                }
+            }
+            layer.down.forward(&activated, total, &mut self.quantized, &mut projected);
+            x.iter_mut().zip(&projected).for_each(|(value, p)| *value += p);
+        }
+        for (step, span) in batch.iter_mut().zip(&spans) {
+            step.cache.len = span.past + span.len;
+        }
+
+        // Only each sequence's last row is needed for its next token.
+        let mut last = vec![0f32; spans.len() * h];
+        for (span, out) in spans.iter().zip(last.chunks_exact_mut(h)) {
+            let row = span.start + span.len - 1;
+            out.copy_from_slice(&x[row * h..(row + 1) * h]);
+        }
+        let mut last_normed = vec![0f32; last.len()];
+        rms_norm_rows(&last, &self.weights.norm, config.rms_norm_eps, &mut last_normed);
+        let vocab = config.vocab_size;
+        let mut logits = vec![0f32; spans.len() * vocab];
+        self.weights.head.forward(&last_normed, spans.len(), &mut self.quantized, &mut logits);
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+}
+
+impl CausalLm for NativeLlama {
+    type Cache = LlamaCache;
+
+    fn new_cache(&self) -> LlamaCache {
+        LlamaCache { keys: Vec::new(), values: Vec::new(), len: 0 }
+    }
+
+    fn forward(&mut self, batch: &mut [SequenceStep<'_, LlamaCache>]) -> Result<Vec<Vec<f32>>, InferError> {
+        let pool = Arc::clone(&self.pool);
+        pool.install(|| self.run(batch))
+    }
+}
+
+/// `out = x / rms(x) · weight`, row by row.
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let width = weight.len();
+    for (row, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let mean = dot(row, row) / width as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, &v), &w) in out.iter_mut().zip(row).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+/// `a · b` in eight partial sums (vectorised), added in a fixed order.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut partial = [0f32; 8];
+    let chunks = a.len() / 8 * 8;
+    for (x, y) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for lane in 0..8 {
+            partial[lane] = x[lane].mul_add(y[lane], partial[lane]);
+        }
+    }
+    let mut total = ((partial[0] + partial[4]) + (partial[1] + partial[5]))
+        + ((partial[2] + partial[6]) + (partial[3] + partial[7]));
+    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
+        total += x * y;
+    }
+    total
+}
+
+/// `(cos, sin)` of each frequency of a head at `position`.
+fn rotation(position: usize, head_dim: usize, theta: f32) -> Vec<(f32, f32)> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let frequency = f64::from(theta).powf(-2.0 * i as f64 / head_dim as f64);
+            let angle = position as f64 * frequency;
+            (angle.cos() as f32, angle.sin() as f32)
+        })
+        .collect()
+}
+
+/// Rotates one head's query or key by its position.
+fn rotate(head: &mut [f32], rotation: &[(f32, f32)], style: RopeStyle) {
+    let half = head.len() / 2;
+    for (i, &(cos, sin)) in rotation.iter().enumerate() {
+        let (a, b) = match style {
+            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+            RopeStyle::Halves => (i, i + half),
+        };
+        let (x0, x1) = (head[a], head[b]);
+        head[a] = x0 * cos - x1 * sin;
+        head[b] = x0 * sin + x1 * cos;
+    }
+}
+
+/// Causal attention of every new row against its sequence's cache (which already holds the new
+/// keys and values), per sequence and head in parallel.
+fn attend(
+    config: &LlamaConfig,
+    batch: &[SequenceStep<'_, LlamaCache>],
+    spans: &[Span],
+    layer: usize,
+    qkv: &[f32],
+    out: &mut [f32],
+) {
+    let hd = config.head_dim;
+    let (q_size, kv_size) = (config.heads * hd, config.kv_size());
+    let qkv_size = q_size + 2 * kv_size;
+    let group = config.heads / config.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let tasks: Vec<(usize, usize)> =
+        (0..spans.len()).flat_map(|s| (0..config.heads).map(move |head| (s, head))).collect();
+    let results: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(s, head)| {
+            let span = spans[s];
+            let keys = &batch[s].cache.keys[layer];
+            let values = &batch[s].cache.values[layer];
+            let kv_offset = (head / group) * hd;
+            let mut result = vec![0f32; span.len * hd];
+            let mut scores = Vec::with_capacity(span.past + span.len);
+            for (i, output) in result.chunks_exact_mut(hd).enumerate() {
+                let row = span.start + i;
+                let query = &qkv[row * qkv_size + head * hd..row * qkv_size + (head + 1) * hd];
+                let visible = span.past + i + 1;
+                scores.clear();
+                scores.extend(
+                    (0..visible)
+                        .map(|j| dot(query, &keys[j * kv_size + kv_offset..j * kv_size + kv_offset + hd]) * scale),
+                );
+                kernels::softmax(&mut scores);
+                // Eight output dimensions at a time, summed over positions in registers.
+                for (lane, chunk) in output.chunks_mut(8).enumerate() {
+                    let column = kv_offset + lane * 8;
+                    let mut sum = [0f32; 8];
+                    for (j, &weight) in scores.iter().enumerate() {
+                        let value = &values[j * kv_size + column..j * kv_size + column + chunk.len()];
+                        for (s, &v) in sum.iter_mut().zip(value) {
+                            *s = weight.mul_add(v, *s);
+                        }
+                    }
+                    chunk.copy_from_slice(&sum[..chunk.len()]);
+                }
+            }
+            result
+        })
+        .collect();
+    for (&(s, head), result) in tasks.iter().zip(results) {
+        let span = spans[s];
+        for (i, values) in result.chunks_exact(hd).enumerate() {
+            let row = span.start + i;
+            out[row * q_size + head * hd..row * q_size + (head + 1) * hd].copy_from_slice(values);
+        }
+    }
+}
