@@ -36,6 +36,17 @@ pub fn embedding_model(extra: &str) -> String {
     format!("[[models]]\nname = \"all-minilm-l6-v2\"\nkind = \"embedding\"\npath = \"{}\"\n{extra}\n", path.display())
 }
 
+/// A `[[models]]` entry for the chat model `models/fetch-models.sh` fetches (SmolLM2-135M
+/// Instruct, GGUF), with extra TOML lines.
+pub fn llm_model(extra: &str) -> String {
+    let path = repo().join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.is_file(), "{} is missing: run models/fetch-models.sh", path.display());
+    format!(
+        "[[models]]\nname = \"smollm2-135m-instruct\"\nkind = \"llm\"\npath = \"{}\"\ndevice = \"cpu\"\n{extra}\n",
+        path.display()
+    )
+}
+
 /// Every bundled tabular model.
 pub const BUNDLED: [&str; 9] = [
     "iris-logistic",

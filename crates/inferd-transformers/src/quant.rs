@@ -18,6 +18,8 @@
 //! scalar paths.
 
 #![allow(unsafe_code)]
+// The kernels index their per-row accumulators by row, mirroring the loads.
+#![allow(clippy::needless_range_loop)]
 
 use half::f16;
 use rayon::prelude::*;
@@ -64,7 +66,7 @@ impl BlockMatrix {
     /// Wraps a file's bytes; `None` when `columns` is not a multiple of 32 or the size is wrong.
     pub fn new(format: BlockFormat, rows: usize, columns: usize, bytes: Vec<u8>) -> Option<Self> {
         let expected = rows * (columns / BLOCK) * format.block_bytes();
-        (columns % BLOCK == 0 && columns > 0 && bytes.len() == expected).then_some(Self {
+        (columns.is_multiple_of(BLOCK) && columns > 0 && bytes.len() == expected).then_some(Self {
             format,
             rows,
             columns,
@@ -230,6 +232,9 @@ impl SharedOutput {
     }
 }
 
+/// One activation row with its quantized values, scales and sums.
+type RowParts<'a> = (((&'a [f32], &'a mut [i8]), &'a mut [f32]), &'a mut [f32]);
+
 /// Rows of activations quantized to 8-bit blocks of 32.
 #[derive(Debug, Clone, Default)]
 pub struct QuantizedRows {
@@ -250,7 +255,7 @@ impl QuantizedRows {
     /// # Panics
     /// When `columns` is not a multiple of 32 or `x` is not `rows × columns`.
     pub fn quantize(&mut self, x: &[f32], rows: usize, columns: usize) {
-        assert!(columns % BLOCK == 0, "QuantizedRows: columns must be a multiple of 32");
+        assert!(columns.is_multiple_of(BLOCK), "QuantizedRows: columns must be a multiple of 32");
         assert_eq!(x.len(), rows * columns, "QuantizedRows: size");
         let blocks = rows * columns / BLOCK;
         self.rows = rows;
@@ -259,7 +264,7 @@ impl QuantizedRows {
         self.sums.resize(blocks, 0.0);
         self.values.resize(blocks * BLOCK, 0);
         let per_row = columns / BLOCK;
-        let quantize_row = |(((row, q), scales), sums): (((&[f32], &mut [i8]), &mut [f32]), &mut [f32])| {
+        let quantize_row = |(((row, q), scales), sums): RowParts<'_>| {
             for (((block, q), scale), sum) in
                 row.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(scales.iter_mut()).zip(sums.iter_mut())
             {
@@ -442,7 +447,7 @@ mod tests {
             match format {
                 BlockFormat::Q4_1 => {
                     bytes.extend_from_slice(&f16::from_f32(-0.05).to_bits().to_le_bytes());
-                    bytes.extend(chunk[..16].iter().map(|v| ((v.abs() * 255.0) as u8) & 0xFF));
+                    bytes.extend(chunk[..16].iter().map(|v| (v.abs() * 255.0) as u8));
                 }
                 BlockFormat::Q8_0 => bytes.extend(chunk.iter().map(|v| ((v * 127.0) as i8) as u8)),
             }

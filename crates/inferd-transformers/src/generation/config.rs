@@ -50,10 +50,10 @@ impl LlamaConfig {
     /// Checks the shape is one the engine computes.
     pub fn validate(&self, path: &Path) -> Result<(), LoadError> {
         let invalid = |reason: String| Err(LoadError::invalid(path, reason));
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return invalid(format!("{} query heads cannot share {} key/value heads", self.heads, self.kv_heads));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return invalid(format!("head width {} must be even", self.head_dim));
         }
         if self.hidden_size == 0 || self.layers == 0 || self.vocab_size == 0 || self.context_length == 0 {
@@ -101,7 +101,7 @@ impl LlamaConfig {
         };
         let head_dim = metadata_number(content, &format!("{architecture}.attention.key_length"))
             .map(|value| value as usize)
-            .unwrap_or(if heads > 0 { hidden_size / heads } else { 0 });
+            .unwrap_or(hidden_size.checked_div(heads).unwrap_or(0));
         let config = Self {
             hidden_size,
             intermediate_size: number("feed_forward_length")?,
@@ -143,7 +143,7 @@ impl LlamaConfig {
             layers: raw.num_hidden_layers,
             heads,
             kv_heads: raw.num_key_value_heads.unwrap_or(heads),
-            head_dim: raw.head_dim.unwrap_or(if heads > 0 { raw.hidden_size / heads } else { 0 }),
+            head_dim: raw.head_dim.unwrap_or(raw.hidden_size.checked_div(heads).unwrap_or(0)),
             vocab_size: raw.vocab_size,
             context_length: raw.max_position_embeddings,
             rms_norm_eps: raw.rms_norm_eps as f32,

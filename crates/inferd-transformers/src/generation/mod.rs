@@ -169,7 +169,7 @@ fn describe_formats(content: &gguf_file::Content) -> String {
         *counts.entry(format!("{:?}", info.ggml_dtype).to_lowercase()).or_default() += 1;
     }
     let mut formats: Vec<(String, usize)> = counts.into_iter().collect();
-    formats.sort_by(|a, b| b.1.cmp(&a.1));
+    formats.sort_by_key(|format| std::cmp::Reverse(format.1));
     formats.into_iter().map(|(name, _)| name).collect::<Vec<_>>().join(", ")
 }
 
