@@ -99,9 +99,10 @@ async fn serve_without_arguments_serves_the_bundled_models() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let models = ready["models"].as_object().unwrap();
-    // The tabular models and the fetched embedding model.
-    assert_eq!(models.len(), common::BUNDLED.len() + 1, "{ready}");
+    // The tabular models and the fetched embedding and chat models.
+    assert_eq!(models.len(), common::BUNDLED.len() + 2, "{ready}");
     assert!(models.contains_key("all-minilm-l6-v2"), "{ready}");
+    assert!(models.contains_key("smollm2-135m-instruct"), "{ready}");
     assert!(models.values().all(|state| state == "ready"), "{ready}");
     child.kill().unwrap();
     child.wait().unwrap();
