@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
 
     // A ~256-token prompt.
     let text = "The quick brown fox jumps over the lazy dog while the farmer counts his sheep. ".repeat(16);
-    let mut prompt = loaded.codec.encode(&text)?;
+    let mut prompt = loaded.codec.encode(&text, true)?;
     prompt.truncate(256);
     for round in 0..3 {
         let mut cache = loaded.model.new_cache();
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    let short = loaded.codec.encode("Once upon a time")?;
+    let short = loaded.codec.encode("Once upon a time", true)?;
     for &count in &streams {
         let mut caches: Vec<LlamaCache> = (0..count).map(|_| loaded.model.new_cache()).collect();
         let mut feeds: Vec<Vec<u32>> = vec![short.clone(); count];

@@ -192,6 +192,7 @@ impl Config {
             model
                 .batching
                 .validate()
+                .and_then(|()| model.generation.validate())
                 .map_err(|reason| ConfigError::Invalid(format!("model '{}': {reason}", model.name)))?;
         }
         Ok(())

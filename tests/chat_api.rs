@@ -189,6 +189,7 @@ async fn bad_input_is_a_clear_400_in_openai_shape() {
         (chat("hi", json!({ "top_logprobs": 3 })), "top_logprobs", "needs logprobs"),
         (chat("hi", json!({ "logprobs": true, "top_logprobs": 21 })), "top_logprobs", "between 0 and 20"),
         (chat("hi", json!({ "stop": 5 })), "stop", "stop must be"),
+        (chat("hi", json!({ "stop": "x".repeat(300) })), "stop", "at most 256 bytes"),
         (
             json!({ "model": MODEL, "messages": [{ "role": "user", "content": [{ "type": "image_url" }] }] }),
             "messages",

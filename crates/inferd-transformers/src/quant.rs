@@ -65,7 +65,7 @@ fn half(bytes: &[u8]) -> f32 {
 impl BlockMatrix {
     /// Wraps a file's bytes; `None` when `columns` is not a multiple of 32 or the size is wrong.
     pub fn new(format: BlockFormat, rows: usize, columns: usize, bytes: Vec<u8>) -> Option<Self> {
-        let expected = rows * (columns / BLOCK) * format.block_bytes();
+        let expected = rows.checked_mul(columns / BLOCK)?.checked_mul(format.block_bytes())?;
         (columns.is_multiple_of(BLOCK) && columns > 0 && bytes.len() == expected).then_some(Self {
             format,
             rows,
@@ -327,6 +327,7 @@ fn dot_q4_1<const N: usize>(row: &[u8], x: &QuantizedRows, first: usize, out: &m
     use std::arch::x86_64::*;
     let blocks = x.columns / BLOCK;
     assert!(row.len() == blocks * Q4_1_BYTES && first + N <= x.rows && out.len() == N);
+    assert!(x.values.len() >= (first + N) * blocks * BLOCK && x.scales.len() >= (first + N) * blocks);
     // SAFETY: AVX2 and FMA are enabled at compile time; every load reads 16 or 32 bytes inside
     // `row` (checked above: `blocks` blocks of 20 bytes) or inside `x.values` (rows
     // `first..first + count`, each `blocks` blocks of 32, within `x.rows`).
@@ -362,6 +363,7 @@ fn dot_q8_0<const N: usize>(row: &[u8], x: &QuantizedRows, first: usize, out: &m
     use std::arch::x86_64::*;
     let blocks = x.columns / BLOCK;
     assert!(row.len() == blocks * Q8_0_BYTES && first + N <= x.rows && out.len() == N);
+    assert!(x.values.len() >= (first + N) * blocks * BLOCK && x.scales.len() >= (first + N) * blocks);
     // SAFETY: as in `dot_q4_1`, with blocks of 34 bytes (32-byte loads at offset 2).
     unsafe {
         let ones = _mm256_set1_epi16(1);

@@ -94,7 +94,7 @@ fn prompts_tokens_and_greedy_steps_match_llama_cpp() {
             case.messages.iter().map(|m| ChatMessage { role: m.role.clone(), content: m.content.clone() }).collect();
         let prompt = loaded.codec.render_chat(&messages).expect("renders");
         assert_eq!(prompt, case.prompt, "{}: rendered prompt", case.name);
-        let ids = loaded.codec.encode(&prompt).expect("encodes");
+        let ids = loaded.codec.encode(&prompt, false).expect("encodes");
         assert_eq!(ids, case.prompt_ids, "{}: prompt ids", case.name);
 
         let mut cache = loaded.model.new_cache();

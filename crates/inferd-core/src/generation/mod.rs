@@ -24,7 +24,7 @@ use crate::error::InferError;
 use crate::metrics::BatchMetrics;
 pub use sampling::{MAX_TOP_LOGPROBS, Sampler, SamplingParams, TokenLogprobs};
 use scheduler::Scheduler;
-pub use text::{IncrementalText, StopMatch};
+pub use text::{IncrementalText, MAX_STOP_BYTES, StopMatch};
 
 /// What a generative model is, for metadata and validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,9 +56,10 @@ pub trait TextCodec: Send + Sync + 'static {
     fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, InferError>;
 
     /// The ids of `text`. Special tokens written in the text (as a rendered chat template writes
-    /// them) become their ids; a beginning-of-sequence token is added when the model asks for
-    /// one.
-    fn encode(&self, text: &str) -> Result<Vec<u32>, InferError>;
+    /// them) become their ids. With `add_special_tokens` (a raw prompt, not a rendered chat),
+    /// the tokenizer adds what it adds to every text (a beginning-of-sequence token, for
+    /// many); a model whose metadata asks for one always gets it.
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, InferError>;
 
     /// The text of `ids`, special tokens left out. Bytes that do not form UTF-8 yet (a
     /// character split over tokens) come out as U+FFFD.
@@ -137,7 +138,8 @@ impl SchedulerPolicy {
 pub struct GenerationRequest {
     /// The prompt's token ids.
     pub prompt: Vec<u32>,
-    /// Most tokens to generate; `None`: as many as the context leaves.
+    /// Most tokens to generate; `None`: as many as the context (and the key/value budget)
+    /// leaves.
     pub max_tokens: Option<usize>,
     /// How to pick tokens.
     pub sampling: SamplingParams,
@@ -285,7 +287,8 @@ impl GenerationService {
                 )));
             }
             Some(max) => max,
-            None => context - prompt,
+            // As many as the context leaves, within what one sequence may reserve.
+            None => context.min(self.policy.max_total_tokens).saturating_sub(prompt).max(1),
         };
         let budget = self.policy.max_total_tokens;
         if prompt + max_tokens > budget {

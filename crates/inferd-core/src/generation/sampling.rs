@@ -6,7 +6,7 @@
 //! the model, not the sampler); then temperature scales, top-k and top-p truncate, and a token
 //! is drawn. Temperature 0 is greedy: the highest logit, the lowest id on ties.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::error::InferError;
 
@@ -115,7 +115,7 @@ pub struct Sampler {
     /// Occurrences of each generated token (presence and frequency penalties).
     generated: HashMap<u32, u32>,
     /// Every token seen, prompt included (repetition penalty).
-    seen: HashMap<u32, ()>,
+    seen: HashSet<u32>,
 }
 
 impl Sampler {
@@ -130,8 +130,7 @@ impl Sampler {
             let local = 0u8;
             nanos ^ (&local as *const u8 as u64).rotate_left(32)
         });
-        let seen =
-            if params.repetition_penalty == 1.0 { HashMap::new() } else { prompt.iter().map(|&id| (id, ())).collect() };
+        let seen = if params.repetition_penalty == 1.0 { HashSet::new() } else { prompt.iter().copied().collect() };
         Self { params, random: Random(seed), generated: HashMap::new(), seen }
     }
 
@@ -143,7 +142,7 @@ impl Sampler {
         let logprobs = self.params.logprobs.map(|top| logprobs_of(logits, id, top));
         *self.generated.entry(id).or_insert(0) += 1;
         if self.params.repetition_penalty != 1.0 {
-            self.seen.insert(id, ());
+            self.seen.insert(id);
         }
         (id, logprobs)
     }
@@ -151,7 +150,7 @@ impl Sampler {
     fn apply_penalties(&self, logits: &mut [f32]) {
         let penalty = self.params.repetition_penalty;
         if penalty != 1.0 {
-            for &id in self.seen.keys() {
+            for &id in &self.seen {
                 if let Some(logit) = logits.get_mut(id as usize) {
                     *logit = if *logit > 0.0 { *logit / penalty } else { *logit * penalty };
                 }

@@ -52,6 +52,17 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The thread has ended: refuse new requests and fail the queued ones.
+    fn stop(&self) {
+        let mut queue = self.lock();
+        queue.closed = true;
+        for job in queue.jobs.drain(..) {
+            let _ = job.events.send(Event::Failed(InferError::Internal("the scheduler stopped".into())));
+        }
+        self.metrics.queue_depth.set(0);
+        self.metrics.running.set(0);
+    }
 }
 
 /// The queue in front of a model's scheduler thread.
@@ -77,9 +88,17 @@ impl Scheduler {
             metrics,
         });
         let worker = Worker { shared: Arc::clone(&shared), model, info, running: Vec::new(), reserved: 0 };
+        let worker_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name(format!("inferd-generate-{name}"))
-            .spawn(move || worker.run())
+            .spawn(move || {
+                // Model panics are caught per step; this catches a fault in the scheduler itself,
+                // so that nothing waits forever on a thread that is gone.
+                if catch_unwind(AssertUnwindSafe(|| worker.run())).is_err() {
+                    tracing::error!(model = %worker_shared.name, "the scheduler thread failed");
+                }
+                worker_shared.stop();
+            })
             .map_err(|err| format!("cannot start the scheduler thread: {err}"))?;
         Ok(Self { shared })
     }
@@ -194,6 +213,7 @@ impl<M: CausalLm> Worker<M> {
                 self.start(job, need);
             }
             shared.metrics.queue_depth.set(queue.jobs.len() as i64);
+            shared.metrics.batch_started(self.running.len());
             if !self.running.is_empty() {
                 return true;
             }
@@ -237,7 +257,6 @@ impl<M: CausalLm> Worker<M> {
         if active.is_empty() {
             return;
         }
-        self.shared.metrics.batch_started(active.len());
         let started = Instant::now();
         let outcome = {
             let mut batch: Vec<SequenceStep<'_, M::Cache>> = self
@@ -250,7 +269,7 @@ impl<M: CausalLm> Worker<M> {
             catch_unwind(AssertUnwindSafe(|| model.forward(&mut batch)))
                 .unwrap_or_else(|_| Err(InferError::Internal("the model panicked".into())))
         };
-        self.shared.metrics.observe_batch(active.len(), started.elapsed());
+        self.shared.metrics.observe_step(active.len(), started.elapsed());
         let logits = match outcome {
             Ok(logits) if logits.len() == active.len() => logits,
             Ok(logits) => {
@@ -303,6 +322,7 @@ impl<M: CausalLm> Worker<M> {
             !sequence.done
         });
         self.reserved -= freed;
+        shared.metrics.batch_started(self.running.len());
     }
 }
 
@@ -351,7 +371,7 @@ mod tests {
         fn render_chat(&self, _: &[crate::generation::ChatMessage]) -> Result<String, InferError> {
             Ok(String::new())
         }
-        fn encode(&self, _: &str) -> Result<Vec<u32>, InferError> {
+        fn encode(&self, _: &str, _: bool) -> Result<Vec<u32>, InferError> {
             Ok(vec![])
         }
         fn decode(&self, _: &[u32]) -> String {

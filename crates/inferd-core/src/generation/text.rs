@@ -23,13 +23,16 @@ impl IncrementalText {
         self.ids.push(id);
         let before = codec.decode(&self.ids[self.prefix_offset..self.read_offset]);
         let after = codec.decode(&self.ids[self.prefix_offset..]);
-        if after.len() > before.len() && !after.ends_with('\u{FFFD}') {
-            let delta = after.get(before.len()..).unwrap_or_default().to_string();
-            self.prefix_offset = self.read_offset;
-            self.read_offset = self.ids.len();
-            delta
-        } else {
-            String::new()
+        // The new text, when the window's text grew by whole characters (a decoder that
+        // rewrites earlier text leaves `after` without `before` as its start: wait then).
+        match after.get(before.len()..) {
+            Some(delta) if after.len() > before.len() && !after.ends_with('\u{FFFD}') && after.starts_with(&before) => {
+                let delta = delta.to_string();
+                self.prefix_offset = self.read_offset;
+                self.read_offset = self.ids.len();
+                delta
+            }
+            _ => String::new(),
         }
     }
 
@@ -39,9 +42,20 @@ impl IncrementalText {
         let after = codec.decode(&self.ids[self.prefix_offset..]);
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
-        after.get(before.len()..).unwrap_or_default().to_string()
+        match after.strip_prefix(before.as_str()) {
+            Some(rest) => rest.to_string(),
+            // The decoder rewrote the window: its text after the common start.
+            None => {
+                let common = before.chars().zip(after.chars()).take_while(|(a, b)| a == b).count();
+                after.chars().skip(common).collect()
+            }
+        }
     }
 }
+
+/// The longest stop string accepted, in bytes (OpenAI sets no limit; this bounds the work per
+/// token).
+pub const MAX_STOP_BYTES: usize = 256;
 
 /// Finds stop strings in generated text.
 #[derive(Debug, Default, Clone)]
@@ -101,7 +115,7 @@ mod tests {
         fn render_chat(&self, _: &[ChatMessage]) -> Result<String, InferError> {
             Ok(String::new())
         }
-        fn encode(&self, _: &str) -> Result<Vec<u32>, InferError> {
+        fn encode(&self, _: &str, _: bool) -> Result<Vec<u32>, InferError> {
             Ok(vec![])
         }
         fn decode(&self, ids: &[u32]) -> String {

@@ -334,13 +334,19 @@ impl Metrics {
 }
 
 impl BatchMetrics {
-    /// A batch of `items` starts computing.
+    /// A batch of `items` starts computing (or, for a generation scheduler, `items`
+    /// sequences are in its running batch).
     pub(crate) fn batch_started(&self, items: usize) {
         self.running.set(items as i64);
     }
 
     pub(crate) fn observe_batch(&self, items: usize, compute: Duration) {
         self.running.set(0);
+        self.observe_step(items, compute);
+    }
+
+    /// A step of `items` sequences took `compute`; the running gauge is the scheduler's to set.
+    pub(crate) fn observe_step(&self, items: usize, compute: Duration) {
         self.batch_size.observe(items as f64);
         self.compute_duration.observe(compute.as_secs_f64());
         self.windows.record(&self.model, |window| window.record_busy(Instant::now(), compute));

@@ -8,7 +8,6 @@
 //! benchmarks).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Extension;
 use axum::body::Bytes;
@@ -16,60 +15,20 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use inferd_core::generation::TokenLogprobs;
-use inferd_core::{ChatMessage, FinishReason, InferError, TextCodec};
+use inferd_core::{ChatMessage, FinishReason, InferError};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::error::OpenAiError;
 use super::generation::{
-    Output, Prepared, Running, Sampling, StreamGuards, created, generation_service, sse_data, sse_response,
-    stream_error, usage,
+    Output, Prepared, Running, Sampling, StreamGuards, created, generation_service, sse_response, usage,
 };
+use super::reply::{Api, Reply, Streaming};
 use crate::app::{AppState, TokenUsage, labelled};
 use crate::auth::Caller;
 use crate::error::rejected_body_message;
 use crate::guard::ConcurrencySlot;
 use crate::timing::{Stage, Timing};
-
-/// Which of the two APIs a request came through; they differ only in their JSON.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Api {
-    Chat,
-    Completions,
-}
-
-impl Api {
-    fn object(self) -> &'static str {
-        match self {
-            Self::Chat => "chat.completion",
-            Self::Completions => "text_completion",
-        }
-    }
-
-    fn chunk_object(self) -> &'static str {
-        match self {
-            Self::Chat => "chat.completion.chunk",
-            Self::Completions => "text_completion",
-        }
-    }
-
-    fn id(self) -> String {
-        let prefix = match self {
-            Self::Chat => "chatcmpl",
-            Self::Completions => "cmpl",
-        };
-        format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-    }
-
-    /// The parameter a prompt that is too long is blamed on.
-    fn prompt_param(self) -> &'static str {
-        match self {
-            Self::Chat => "messages",
-            Self::Completions => "prompt",
-        }
-    }
-}
 
 #[derive(Deserialize)]
 struct ChatRequest {
@@ -299,8 +258,8 @@ async fn run(
     let prompt = match job.prompt {
         Prompt::Ids(ids) => ids,
         prompt => tokio::task::spawn_blocking(move || match prompt {
-            Prompt::Chat(messages) => codec.render_chat(&messages).and_then(|text| codec.encode(&text)),
-            Prompt::Text(text) => codec.encode(&text),
+            Prompt::Chat(messages) => codec.render_chat(&messages).and_then(|text| codec.encode(&text, false)),
+            Prompt::Text(text) => codec.encode(&text, true),
             Prompt::Ids(ids) => Ok(ids),
         })
         .await
@@ -316,17 +275,10 @@ async fn run(
         codec: Arc::clone(service.codec()),
     };
     if job.prepared.stream {
-        let guards = StreamGuards { slot, in_flight: state.metrics().enter_request() };
-        let stream = Streaming {
-            running,
-            reply,
-            include_usage: job.prepared.include_usage,
-            first: true,
-            state: state.clone(),
-            caller: caller.id().to_string(),
-            started: Instant::now(),
-            ended: false,
-        };
+        // A request that cannot start is answered with its own status, before the stream.
+        running.wait_started(timing).await?;
+        let guards = StreamGuards { _slot: slot, _in_flight: state.metrics().enter_request() };
+        let stream = Streaming::new(running, reply, job.prepared.include_usage, state.clone(), caller.id());
         return Ok(sse_response(stream, guards, Streaming::produce));
     }
 
@@ -367,166 +319,4 @@ async fn run(
         .extensions_mut()
         .insert(TokenUsage { prompt: running.prompt_tokens as u64, completion: running.completion_tokens as u64 });
     Ok(response)
-}
-
-/// What every chunk of a response repeats.
-struct Reply {
-    api: Api,
-    id: String,
-    model: String,
-    created: u64,
-    codec: Arc<dyn TextCodec>,
-}
-
-impl Reply {
-    /// Log-probabilities in the API's shape; `offset` is the text's length before these tokens
-    /// (legacy completions report each token's offset).
-    fn logprobs(&self, entries: &[(u32, TokenLogprobs)], offset: usize) -> Value {
-        let token = |id: u32| String::from_utf8_lossy(&self.codec.token_bytes(id)).into_owned();
-        match self.api {
-            Api::Chat => {
-                let content: Vec<Value> = entries
-                    .iter()
-                    .map(|(id, logprobs)| {
-                        let top: Vec<Value> = logprobs
-                            .top
-                            .iter()
-                            .map(|&(alt, logprob)| {
-                                json!({ "token": token(alt), "logprob": logprob, "bytes": self.codec.token_bytes(alt) })
-                            })
-                            .collect();
-                        json!({
-                            "token": token(*id),
-                            "logprob": logprobs.logprob,
-                            "bytes": self.codec.token_bytes(*id),
-                            "top_logprobs": top,
-                        })
-                    })
-                    .collect();
-                json!({ "content": content })
-            }
-            Api::Completions => {
-                let mut offsets = Vec::with_capacity(entries.len());
-                let mut position = offset;
-                for (id, _) in entries {
-                    offsets.push(position);
-                    position += token(*id).len();
-                }
-                let top: Vec<Value> = entries
-                    .iter()
-                    .map(|(_, logprobs)| {
-                        let map: Map<String, Value> =
-                            logprobs.top.iter().map(|&(alt, logprob)| (token(alt), json!(logprob))).collect();
-                        Value::Object(map)
-                    })
-                    .collect();
-                json!({
-                    "tokens": entries.iter().map(|(id, _)| token(*id)).collect::<Vec<_>>(),
-                    "token_logprobs": entries.iter().map(|(_, logprobs)| logprobs.logprob).collect::<Vec<_>>(),
-                    "top_logprobs": top,
-                    "text_offset": offsets,
-                })
-            }
-        }
-    }
-
-    fn chunk(&self, choices: Vec<Value>) -> Value {
-        json!({
-            "id": self.id,
-            "object": self.api.chunk_object(),
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        })
-    }
-}
-
-/// A streamed response's state between events.
-struct Streaming {
-    running: Running,
-    reply: Reply,
-    include_usage: bool,
-    first: bool,
-    state: AppState,
-    caller: String,
-    started: Instant,
-    ended: bool,
-}
-
-impl Streaming {
-    /// The next events; `None` after the last.
-    async fn produce(mut self) -> Option<(Vec<Bytes>, Self)> {
-        if self.ended {
-            return None;
-        }
-        let mut events = Vec::new();
-        if self.first && self.reply.api == Api::Chat {
-            let choice = json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null });
-            events.push(sse_data(&self.reply.chunk(vec![choice])));
-        }
-        self.first = false;
-        match self.running.next(None).await {
-            Some(Ok(Output::Piece(piece))) => {
-                let logprobs = (!piece.logprobs.is_empty()).then(|| self.reply.logprobs(&piece.logprobs, 0));
-                let choice = match self.reply.api {
-                    Api::Chat => {
-                        json!({ "index": 0, "delta": { "content": piece.text }, "logprobs": logprobs, "finish_reason": null })
-                    }
-                    Api::Completions => {
-                        json!({ "index": 0, "text": piece.text, "logprobs": logprobs, "finish_reason": null })
-                    }
-                };
-                events.push(sse_data(&self.reply.chunk(vec![choice])));
-            }
-            Some(Ok(Output::Finished(reason))) => {
-                let choice = match self.reply.api {
-                    Api::Chat => json!({ "index": 0, "delta": {}, "logprobs": null, "finish_reason": reason.as_str() }),
-                    Api::Completions => {
-                        json!({ "index": 0, "text": "", "logprobs": null, "finish_reason": reason.as_str() })
-                    }
-                };
-                events.push(sse_data(&self.reply.chunk(vec![choice])));
-                if self.include_usage {
-                    let mut chunk = self.reply.chunk(Vec::new());
-                    chunk["usage"] = usage(self.running.prompt_tokens, self.running.completion_tokens);
-                    events.push(sse_data(&chunk));
-                }
-                self.finish("stop");
-            }
-            Some(Err(err)) => {
-                events.push(stream_error(err));
-                self.finish("error");
-            }
-            None => self.finish("stop"),
-        }
-        Some((events, self))
-    }
-
-    /// Counts the tokens and logs the stream's end (the request's own log line was written
-    /// when its headers left).
-    fn finish(&mut self, outcome: &str) {
-        self.ended = true;
-        let (prompt, completion) = (self.running.prompt_tokens as u64, self.running.completion_tokens as u64);
-        self.state.metrics().observe_tokens(&self.reply.model, prompt, completion);
-        tracing::info!(
-            target: "inferd::request",
-            id = %self.reply.id,
-            caller = %self.caller,
-            model = %self.reply.model,
-            outcome,
-            prompt_tokens = prompt,
-            completion_tokens = completion,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
-            "stream ended"
-        );
-    }
-}
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        if !self.ended {
-            // The client went away mid-stream: the sequence is cancelled with this value.
-            self.finish("disconnected");
-        }
-    }
 }

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use inferd_core::generation::{IncrementalText, StopMatch, TokenLogprobs};
+use inferd_core::generation::{IncrementalText, MAX_STOP_BYTES, StopMatch, TokenLogprobs};
 use inferd_core::{
     Event, FinishReason, GenerationRequest, GenerationService, GenerationStream, InFlightRequest, InferError,
     SamplingParams, ServedModel, TextCodec,
@@ -127,6 +127,12 @@ impl Sampling {
                 return Err(OpenAiError::invalid("stop", "stop must be a string or an array of up to 4 strings"));
             }
         };
+        if let Some(long) = stops.iter().find(|stop| stop.len() > MAX_STOP_BYTES) {
+            return Err(OpenAiError::invalid(
+                "stop",
+                format!("stop strings may have at most {MAX_STOP_BYTES} bytes, not {}", long.len()),
+            ));
+        }
         let sampling = SamplingParams {
             temperature: self.temperature.unwrap_or(1.0),
             top_p: self.top_p.unwrap_or(1.0),
@@ -178,6 +184,8 @@ pub(super) struct Running {
     /// Tokens in the prompt.
     pub(super) prompt_tokens: usize,
     reservation: Option<TokenReservation>,
+    /// Whether the sequence joined the running batch (from then on, its tokens cost quota).
+    started: bool,
 }
 
 /// Text (possibly empty) with the log-probabilities of the tokens that produced it.
@@ -214,8 +222,6 @@ impl Running {
             ));
         }
         let prompt_tokens = prompt.len();
-        let context = service.info().context_length;
-        let most = prepared.max_tokens.unwrap_or(context.saturating_sub(prompt_tokens));
         let request = GenerationRequest {
             prompt,
             max_tokens: prepared.max_tokens,
@@ -225,7 +231,7 @@ impl Running {
         };
         // A request the service refuses (too long, bad parameters) must not cost quota: check
         // it first, then reserve, then queue.
-        service.check(&request).map_err(|err| with_param(err, param))?;
+        let most = service.check(&request).map_err(|err| with_param(err, param))?;
         let reservation = caller.reserve_tokens((prompt_tokens + most) as u64)?;
         let stream = service.submit(request).map_err(|err| with_param(err, param))?;
         Ok(Self {
@@ -237,7 +243,30 @@ impl Running {
             completion_tokens: 0,
             prompt_tokens,
             reservation,
+            started: false,
         })
+    }
+
+    /// Waits until the sequence joins the running batch, so that a request that cannot start
+    /// (its deadline passed in the queue, the scheduler stopped) is answered with its own status
+    /// before a stream begins.
+    pub(super) async fn wait_started(&mut self, timing: &Timing) -> Result<(), InferError> {
+        let stream = self.stream.as_mut().ok_or_else(|| InferError::Internal("the sequence has ended".into()))?;
+        match stream.next().await {
+            Some(Event::Started { .. }) => {
+                self.started = true;
+                timing.mark(Stage::Queue);
+                Ok(())
+            }
+            Some(Event::Failed(err)) => {
+                self.stream = None;
+                Err(err)
+            }
+            other => {
+                self.stream = None;
+                Err(InferError::Internal(format!("the scheduler sent {other:?} before starting the sequence")))
+            }
+        }
     }
 
     /// The next text or the end; an error when the sequence failed; `None` after the end.
@@ -253,6 +282,7 @@ impl Running {
             };
             match event {
                 Event::Started { .. } => {
+                    self.started = true;
                     if let Some(timing) = timing {
                         timing.mark(Stage::Queue);
                     }
@@ -299,6 +329,18 @@ impl Running {
     }
 }
 
+impl Drop for Running {
+    /// A sequence that ends early (the client left, the request timed out) still costs the
+    /// tokens it processed; one that never started costs nothing (the reservation is refunded).
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take()
+            && self.started
+        {
+            reservation.settle((self.prompt_tokens + self.completion_tokens) as u64);
+        }
+    }
+}
+
 /// Names the request's parameter in errors about the input.
 fn with_param(err: InferError, param: &'static str) -> OpenAiError {
     let message = err.to_string();
@@ -322,11 +364,11 @@ pub(super) fn usage(prompt: usize, completion: usize) -> Value {
     json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion })
 }
 
-/// What a streamed response holds until its last event.
-#[allow(dead_code)] // Held, not read: dropping them ends the request's hold.
+/// What a streamed response holds until its last event; dropping them (at the end, or when the
+/// client leaves) frees the request's concurrency slot and its place in the in-flight gauge.
 pub(super) struct StreamGuards {
-    pub(super) slot: Option<ConcurrencySlot>,
-    pub(super) in_flight: InFlightRequest,
+    pub(super) _slot: Option<ConcurrencySlot>,
+    pub(super) _in_flight: InFlightRequest,
 }
 
 /// One server-sent event carrying `value`.

@@ -8,6 +8,7 @@ mod embeddings;
 mod error;
 mod generation;
 mod models;
+mod reply;
 
 use axum::Router;
 use axum::routing::{get, post};

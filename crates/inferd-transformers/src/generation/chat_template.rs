@@ -3,7 +3,7 @@
 //! renders it: Jinja2 with `trim_blocks` and `lstrip_blocks`, the variables `messages`,
 //! `add_generation_prompt`, `bos_token` and `eos_token`, the functions `raise_exception` and
 //! `strftime_now`, Python's string and dict methods, and a `tojson` that writes as Python's
-//! `json.dumps` does.
+//! `json.dumps` does (keys sorted).
 
 use inferd_core::{ChatMessage, InferError};
 use minijinja::{Environment, Error, ErrorKind, Value, context};
@@ -60,8 +60,9 @@ impl ChatTemplate {
     }
 }
 
-/// `tojson` as Python's `json.dumps(value, ensure_ascii=False)` writes it: `", "` and `": "`
-/// separators, or an indent when given.
+/// `tojson` close to Python's `json.dumps(value, ensure_ascii=False)`: `", "` and `": "`
+/// separators, or an indent when given, non-ASCII characters as they are. Object keys come out
+/// sorted (Python keeps insertion order).
 fn tojson(value: Value, indent: Option<usize>) -> Result<Value, Error> {
     let json = serde_json::to_value(&value).map_err(|err| Error::new(ErrorKind::InvalidOperation, err.to_string()))?;
     let mut out = String::new();

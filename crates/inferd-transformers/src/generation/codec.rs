@@ -3,6 +3,7 @@
 
 use inferd_core::{ChatMessage, InferError, TextCodec};
 use tokenizers::Tokenizer;
+use tokenizers::decoders::DecoderWrapper;
 
 use super::chat_template::ChatTemplate;
 
@@ -21,10 +22,17 @@ impl LlmCodec {
     /// that does not start with it.
     pub fn new(tokenizer: Tokenizer, template: Option<ChatTemplate>, bos: Option<u32>) -> Self {
         let size = tokenizer.get_vocab_size(true);
+        // Byte-level vocabularies write each byte as a character; others are decoded token by
+        // token (special tokens as their text).
+        let byte_level = matches!(tokenizer.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
         let bytes = (0..size as u32)
-            .map(|id| match tokenizer.id_to_token(id) {
-                Some(token) => byte_level_bytes(&token).unwrap_or_else(|| token.into_bytes()),
-                None => Vec::new(),
+            .map(|id| {
+                let token = tokenizer.id_to_token(id).unwrap_or_default();
+                let decoded = || match tokenizer.decode(&[id], false) {
+                    Ok(text) if !text.is_empty() => text.into_bytes(),
+                    _ => token.clone().into_bytes(),
+                };
+                if byte_level { byte_level_bytes(&token).unwrap_or_else(decoded) } else { decoded() }
             })
             .collect();
         Self { tokenizer, template, bos, bytes }
@@ -40,14 +48,17 @@ impl TextCodec for LlmCodec {
     fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, InferError> {
         match &self.template {
             Some(template) => template.render(messages),
-            None => Err(InvalidTemplate::missing()),
+            None => Err(InferError::InvalidInput(
+                "this model has no chat template: use /v1/completions with a prompt, or give the model a template"
+                    .into(),
+            )),
         }
     }
 
-    fn encode(&self, text: &str) -> Result<Vec<u32>, InferError> {
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, InferError> {
         let encoding = self
             .tokenizer
-            .encode_fast(text, false)
+            .encode_fast(text, add_special_tokens)
             .map_err(|err| InferError::InvalidInput(format!("cannot tokenize the prompt: {err}")))?;
         let mut ids = encoding.get_ids().to_vec();
         if let Some(bos) = self.bos
@@ -64,16 +75,6 @@ impl TextCodec for LlmCodec {
 
     fn token_bytes(&self, id: u32) -> Vec<u8> {
         self.bytes.get(id as usize).cloned().unwrap_or_default()
-    }
-}
-
-struct InvalidTemplate;
-
-impl InvalidTemplate {
-    fn missing() -> InferError {
-        InferError::InvalidInput(
-            "this model has no chat template: use /v1/completions with a prompt, or give the model a template".into(),
-        )
     }
 }
 

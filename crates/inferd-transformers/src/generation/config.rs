@@ -82,6 +82,14 @@ impl LlamaConfig {
                 ));
             }
         };
+        if let Some(kind) =
+            metadata_string(content, &format!("{architecture}.rope.scaling.type")).filter(|k| k != "none")
+        {
+            return Err(LoadError::unsupported(path, format!("rope scaling '{kind}' is not supported")));
+        }
+        if content.tensor_infos.contains_key("rope_freqs.weight") {
+            return Err(LoadError::unsupported(path, "rotary frequency factors (rope_freqs.weight) are not supported"));
+        }
         let number = |key: &str| -> Result<usize, LoadError> {
             metadata_number(content, &format!("{architecture}.{key}"))
                 .map(|value| value as usize)

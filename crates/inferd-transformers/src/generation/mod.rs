@@ -157,7 +157,7 @@ pub fn load_gguf(
     let codec = LlmCodec::new(tokenizer, template, if add_bos { bos_id } else { None });
 
     let mut tensors = weights::GgufTensors::new(path, file.try_clone().map_err(io)?, &content);
-    let weights = LlamaWeights::load(&mut tensors, &config)?;
+    let weights = LlamaWeights::load(&mut tensors, &config, true)?;
     let engine = format!("native ({})", describe_formats(&content));
     finish(config, weights, codec, stops.into_iter().collect(), engine, threads)
 }
@@ -203,7 +203,7 @@ fn read_safetensors(
     options: Option<&GenerationOptions>,
 ) -> Result<(LlamaConfig, LlamaWeights), LoadError> {
     let config_path = files.require("config.json")?;
-    let (mut config, _tied) = LlamaConfig::from_hf(&config_path)?;
+    let (mut config, tied) = LlamaConfig::from_hf(&config_path)?;
     if let Some(options) = options {
         config.context_length = context_length(config.context_length, options);
     }
@@ -220,7 +220,7 @@ fn read_safetensors(
         None => vec![files.require("model.safetensors")?],
     };
     let mut tensors = weights::SafetensorsTensors::load(&config_path, &shards)?;
-    let weights = LlamaWeights::load(&mut tensors, &config)?;
+    let weights = LlamaWeights::load(&mut tensors, &config, tied)?;
     Ok((config, weights))
 }
 

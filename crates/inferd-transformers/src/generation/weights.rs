@@ -308,8 +308,9 @@ pub struct LlamaWeights {
 }
 
 impl LlamaWeights {
-    /// Reads every weight, checking shapes against `config`.
-    pub fn load(source: &mut dyn TensorSource, config: &LlamaConfig) -> Result<Self, LoadError> {
+    /// Reads every weight, checking shapes against `config`. Without an `output.weight`, the
+    /// head is the embeddings when `tied` allows it (GGUF files leave it out when tied).
+    pub fn load(source: &mut dyn TensorSource, config: &LlamaConfig, tied: bool) -> Result<Self, LoadError> {
         let (h, kv, q) = (config.hidden_size, config.kv_size(), config.heads * config.head_dim);
         let inter = config.intermediate_size;
         let embeddings = source.require("token_embd.weight", config.vocab_size, h)?;
@@ -360,7 +361,13 @@ impl LlamaWeights {
                 );
                 return Err(LoadError::invalid(source.path(), reason));
             }
-            None => embeddings.clone(),
+            None if tied => embeddings.clone(),
+            None => {
+                return Err(LoadError::invalid(
+                    source.path(),
+                    "no output head (lm_head.weight), and the configuration does not tie it to the embeddings",
+                ));
+            }
         };
         Ok(Self { embeddings, layers, norm: source.vector("output_norm.weight", h)?, head: Linear::new(head) })
     }
