@@ -210,6 +210,7 @@ fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// `a · b` in eight partial sums (vectorised), added in a fixed order.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut partial = [0f32; 8];
     let chunks = a.len() / 8 * 8;
@@ -251,6 +252,57 @@ fn rotate(head: &mut [f32], rotation: &[(f32, f32)], style: RopeStyle) {
     }
 }
 
+/// One query row's attention over `keys` and `values` (the visible positions), for a head width
+/// known at compile time: the query and the output stay in registers.
+fn attend_row<'a, const D: usize>(
+    query: &[f32],
+    keys: impl Iterator<Item = &'a [f32]>,
+    values: impl Iterator<Item = &'a [f32]>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    output: &mut [f32],
+) {
+    let query: &[f32; D] = query.try_into().expect("head width");
+    scores.clear();
+    scores.extend(keys.map(|key| dot_fixed::<D>(query, key.try_into().expect("head width")) * scale));
+    kernels::softmax(scores);
+    let mut sum = [0f32; D];
+    for (&weight, value) in scores.iter().zip(values) {
+        let value: &[f32; D] = value.try_into().expect("head width");
+        for (s, &v) in sum.iter_mut().zip(value) {
+            *s = weight.mul_add(v, *s);
+        }
+    }
+    output.copy_from_slice(&sum);
+}
+
+/// [`attend_row`] for any head width.
+fn attend_row_any<'a>(
+    query: &[f32],
+    keys: impl Iterator<Item = &'a [f32]>,
+    values: impl Iterator<Item = &'a [f32]>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    output: &mut [f32],
+) {
+    scores.clear();
+    scores.extend(keys.map(|key| dot(query, key) * scale));
+    kernels::softmax(scores);
+    output.fill(0.0);
+    for (&weight, value) in scores.iter().zip(values) {
+        for (o, &v) in output.iter_mut().zip(value) {
+            *o = weight.mul_add(v, *o);
+        }
+    }
+}
+
+/// `a · b` for vectors of a width known at compile time, in eight partial sums added in a
+/// fixed order (the same order as [`dot`]).
+#[inline(always)]
+fn dot_fixed<const D: usize>(a: &[f32; D], b: &[f32; D]) -> f32 {
+    dot(a, b)
+}
+
 /// Causal attention of every new row against its sequence's cache (which already holds the new
 /// keys and values), per sequence and head in parallel.
 fn attend(
@@ -281,23 +333,12 @@ fn attend(
                 let row = span.start + i;
                 let query = &qkv[row * qkv_size + head * hd..row * qkv_size + (head + 1) * hd];
                 let visible = span.past + i + 1;
-                scores.clear();
-                scores.extend(
-                    (0..visible)
-                        .map(|j| dot(query, &keys[j * kv_size + kv_offset..j * kv_size + kv_offset + hd]) * scale),
-                );
-                kernels::softmax(&mut scores);
-                // Eight output dimensions at a time, summed over positions in registers.
-                for (lane, chunk) in output.chunks_mut(8).enumerate() {
-                    let column = kv_offset + lane * 8;
-                    let mut sum = [0f32; 8];
-                    for (j, &weight) in scores.iter().enumerate() {
-                        let value = &values[j * kv_size + column..j * kv_size + column + chunk.len()];
-                        for (s, &v) in sum.iter_mut().zip(value) {
-                            *s = weight.mul_add(v, *s);
-                        }
-                    }
-                    chunk.copy_from_slice(&sum[..chunk.len()]);
+                let keys = keys.chunks_exact(kv_size).take(visible).map(|row| &row[kv_offset..kv_offset + hd]);
+                let values = values.chunks_exact(kv_size).take(visible).map(|row| &row[kv_offset..kv_offset + hd]);
+                match hd {
+                    64 => attend_row::<64>(query, keys, values, scale, &mut scores, output),
+                    128 => attend_row::<128>(query, keys, values, scale, &mut scores, output),
+                    _ => attend_row_any(query, keys, values, scale, &mut scores, output),
                 }
             }
             result

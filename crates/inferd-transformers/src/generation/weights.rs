@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::LlamaConfig;
 use crate::error::LoadError;
 use crate::kernels::{self, PackedWeight};
-use crate::quant::{BlockFormat, BlockMatrix, QuantizedRows};
+use crate::quant::{BlockFormat, BlockMatrix, Interleaved, QuantizedRows};
 
 /// A matrix as loaded, before it is prepared for computing.
 #[derive(Debug, Clone)]
@@ -86,7 +86,9 @@ impl RawMatrix {
 
 /// A linear layer's weight, prepared for `x · Wᵀ`.
 pub enum Linear {
-    /// Quantized blocks: activations are quantized to 8 bits per row first.
+    /// Quantized blocks interleaved by 8 rows: activations are quantized to 8 bits per row first.
+    Interleaved(Interleaved),
+    /// Quantized blocks, row by row: activations are quantized to 8 bits per row first.
     Blocks(BlockMatrix),
     /// `f32`, packed for the AVX2 micro-kernel.
     Dense(PackedWeight),
@@ -96,7 +98,10 @@ impl Linear {
     /// Prepares a loaded matrix.
     pub fn new(matrix: RawMatrix) -> Self {
         match matrix {
-            RawMatrix::Blocks(blocks) => Self::Blocks(blocks),
+            RawMatrix::Blocks(blocks) => match Interleaved::new(&blocks) {
+                Some(interleaved) => Self::Interleaved(interleaved),
+                None => Self::Blocks(blocks),
+            },
             RawMatrix::Dense { rows, columns, values } => Self::Dense(PackedWeight::new(&values, rows, columns)),
         }
     }
@@ -104,6 +109,7 @@ impl Linear {
     /// Output width.
     pub fn rows(&self) -> usize {
         match self {
+            Self::Interleaved(interleaved) => interleaved.rows(),
             Self::Blocks(blocks) => blocks.rows(),
             Self::Dense(packed) => packed.n(),
         }
@@ -112,6 +118,10 @@ impl Linear {
     /// `out[m × rows] = x[m × columns] · Wᵀ`; `scratch` holds the quantized activations.
     pub fn forward(&self, x: &[f32], m: usize, scratch: &mut QuantizedRows, out: &mut [f32]) {
         match self {
+            Self::Interleaved(interleaved) => {
+                scratch.quantize(x, m, interleaved.columns());
+                interleaved.matmul(scratch, out);
+            }
             Self::Blocks(blocks) => {
                 scratch.quantize(x, m, blocks.columns());
                 blocks.matmul(scratch, out);

@@ -21,8 +21,12 @@
 // The kernels index their per-row accumulators by row, mirroring the loads.
 #![allow(clippy::needless_range_loop)]
 
+mod interleaved;
+
 use half::f16;
 use rayon::prelude::*;
+
+pub use interleaved::Interleaved;
 
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
@@ -217,7 +221,7 @@ const TILE: usize = 8;
 /// A `*mut f32` that may cross threads: the tasks of a product write disjoint elements.
 #[derive(Clone, Copy)]
 struct SharedOutput(*mut f32);
-// SAFETY: only used by `BlockMatrix::matmul`, whose tasks write disjoint elements.
+// SAFETY: only used by the products of this module, whose tasks write disjoint elements.
 unsafe impl Send for SharedOutput {}
 unsafe impl Sync for SharedOutput {}
 
@@ -482,6 +486,42 @@ mod tests {
                 weights.matmul(&single, &mut alone);
                 assert_eq!(alone, out[t * rows..(t + 1) * rows], "{format:?} row {t}");
             }
+        }
+    }
+
+    #[test]
+    fn interleaved_rows_give_the_same_products_whatever_the_batch() {
+        for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
+            interleaved_matches(format);
+        }
+        assert!(Interleaved::new(&blocks(BlockFormat::Q4_1, 12, 64)).is_none());
+    }
+
+    fn interleaved_matches(format: BlockFormat) {
+        let (rows, columns, m) = (24, 96, 7);
+        let plain = blocks(format, rows, columns);
+        let interleaved = Interleaved::new(&plain).unwrap();
+        let (mut a, mut b) = (vec![0f32; columns], vec![0f32; columns]);
+        for row in 0..rows {
+            plain.dequantize_row(row, &mut a);
+            interleaved.dequantize_row(row, &mut b);
+            assert_eq!(a, b, "row {row}");
+        }
+        let x = noise(m * columns, 5);
+        let mut quantized = QuantizedRows::default();
+        quantized.quantize(&x, m, columns);
+        let (mut expected, mut got) = (vec![0f32; m * rows], vec![0f32; m * rows]);
+        plain.matmul(&quantized, &mut expected);
+        interleaved.matmul(&quantized, &mut got);
+        for (e, g) in expected.iter().zip(&got) {
+            assert!((e - g).abs() <= 1e-4 * e.abs().max(1.0), "{e} vs {g}");
+        }
+        for t in 0..m {
+            let mut single = QuantizedRows::default();
+            single.quantize(&x[t * columns..(t + 1) * columns], 1, columns);
+            let mut alone = vec![0f32; rows];
+            interleaved.matmul(&single, &mut alone);
+            assert_eq!(alone, got[t * rows..(t + 1) * rows], "row {t}");
         }
     }
 

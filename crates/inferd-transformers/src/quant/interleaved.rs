@@ -1,0 +1,309 @@
+//! Q4_1 and Q8_0 weights interleaved eight rows at a time.
+//!
+//! A row-by-row dot product spends most of its instructions on each block's float scaling, not
+//! on the integer products. Here eight weight rows share every instruction instead: for each
+//! group of four values of a block, one 32-byte vector holds those four values of all eight
+//! rows (`maddubs` multiplies them with the same four activation values broadcast to every
+//! lane), the eight groups of a block add up in 16-bit lanes (at most 8 × 2 × 15 × 127 = 30,480,
+//! no overflow), and one conversion and two fused multiply-adds per block scale eight rows at
+//! once. Each activation row is still computed on its own, by the same instructions whatever
+//! the number of rows in the product.
+//!
+//! Layouts, per group of 8 rows and block of 32 columns, as many bytes as the 8 rows take in
+//! their plain format:
+//! - Q4_1, 160 bytes: the 8 rows' `d` (f16), their 8 `m` (f16), then 4 × 32 bytes `P₀..P₃`,
+//!   where byte `4r + j` of `Pg` holds row `r`'s value `4g + j` in its low nibble and value
+//!   `4(g + 4) + j` in its high nibble.
+//! - Q8_0, 272 bytes: the 8 rows' `d` (f16), then 8 × 32 bytes `V₀..V₇`, where byte `4r + j` of
+//!   `Vg` is row `r`'s value `4g + j`. Signed values go through `maddubs` as their magnitude
+//!   times the activation with the value's sign; a product reaches 2 × 128 × 127, so each group
+//!   is widened to 32 bits before the next is added.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::{BLOCK, BlockFormat, BlockMatrix, QuantizedRows, SharedOutput};
+
+/// Rows interleaved together.
+pub const GROUP: usize = 8;
+/// Bytes of one group's block in each format.
+const fn group_block_bytes(format: BlockFormat) -> usize {
+    match format {
+        BlockFormat::Q4_1 => 2 * GROUP * 2 + 4 * 32,
+        BlockFormat::Q8_0 => GROUP * 2 + 8 * 32,
+    }
+}
+const Q4_1_GROUP_BYTES: usize = group_block_bytes(BlockFormat::Q4_1);
+const Q8_0_GROUP_BYTES: usize = group_block_bytes(BlockFormat::Q8_0);
+/// Activation rows computed together against one group (their accumulators stay in registers).
+const TILE: usize = 4;
+
+/// A Q4_1 or Q8_0 matrix whose rows are interleaved by groups of [`GROUP`].
+#[derive(Debug, Clone)]
+pub struct Interleaved {
+    format: BlockFormat,
+    rows: usize,
+    columns: usize,
+    bytes: Vec<u8>,
+}
+
+impl Interleaved {
+    /// Interleaves a row-major matrix; `None` when its rows are not a multiple of 8.
+    pub fn new(matrix: &BlockMatrix) -> Option<Self> {
+        if !matrix.rows().is_multiple_of(GROUP) {
+            return None;
+        }
+        let (format, rows, columns) = (matrix.format(), matrix.rows(), matrix.columns());
+        let blocks = columns / BLOCK;
+        let (block_bytes, group_bytes) = (format.block_bytes(), group_block_bytes(format));
+        let row_bytes = blocks * block_bytes;
+        let mut bytes = vec![0u8; rows / GROUP * blocks * group_bytes];
+        for (index, out) in bytes.chunks_exact_mut(group_bytes).enumerate() {
+            let (group, b) = (index / blocks, index % blocks);
+            for r in 0..GROUP {
+                let start = (group * GROUP + r) * row_bytes + b * block_bytes;
+                let block = &matrix.bytes[start..start + block_bytes];
+                out[2 * r..2 * r + 2].copy_from_slice(&block[0..2]);
+                match format {
+                    BlockFormat::Q4_1 => {
+                        out[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&block[2..4]);
+                        let value = |k: usize| if k < 16 { block[4 + k] & 0x0F } else { block[4 + k - 16] >> 4 };
+                        for g in 0..4 {
+                            for j in 0..4 {
+                                out[32 + 32 * g + 4 * r + j] = value(4 * g + j) | (value(4 * (g + 4) + j) << 4);
+                            }
+                        }
+                    }
+                    BlockFormat::Q8_0 => {
+                        for g in 0..8 {
+                            for j in 0..4 {
+                                out[16 + 32 * g + 4 * r + j] = block[2 + 4 * g + j];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Some(Self { format, rows, columns, bytes })
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input columns.
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// `out[m × rows] = x · Wᵀ`, on the current rayon pool.
+    ///
+    /// # Panics
+    /// When `x` does not have this matrix's columns or `out` is not `x.rows() × rows`.
+    pub fn matmul(&self, x: &QuantizedRows, out: &mut [f32]) {
+        assert_eq!(x.columns, self.columns, "Interleaved::matmul: columns");
+        let m = x.rows;
+        assert_eq!(out.len(), m * self.rows, "Interleaved::matmul: output size");
+        assert!(x.values.len() >= m * self.columns && x.scales.len() >= m * (self.columns / BLOCK));
+        let groups = self.rows / GROUP;
+        let group_bytes = self.columns / BLOCK * group_block_bytes(self.format);
+        let format = self.format;
+        let per_task = groups.div_ceil(rayon::current_num_threads() * 4).max(1);
+        let output = SharedOutput(out.as_mut_ptr());
+        let rows = self.rows;
+        (0..groups.div_ceil(per_task)).into_par_iter().for_each(|task| {
+            for group in task * per_task..((task + 1) * per_task).min(groups) {
+                let weights = &self.bytes[group * group_bytes..(group + 1) * group_bytes];
+                let mut first = 0;
+                while first < m {
+                    let count = (m - first).min(TILE);
+                    let mut values = [[0f32; GROUP]; TILE];
+                    match (format, count) {
+                        (BlockFormat::Q4_1, 1) => group_dot_q4_1::<1>(weights, x, first, &mut values),
+                        (BlockFormat::Q4_1, 2) => group_dot_q4_1::<2>(weights, x, first, &mut values),
+                        (BlockFormat::Q4_1, 3) => group_dot_q4_1::<3>(weights, x, first, &mut values),
+                        (BlockFormat::Q4_1, _) => group_dot_q4_1::<4>(weights, x, first, &mut values),
+                        (BlockFormat::Q8_0, 1) => group_dot_q8_0::<1>(weights, x, first, &mut values),
+                        (BlockFormat::Q8_0, 2) => group_dot_q8_0::<2>(weights, x, first, &mut values),
+                        (BlockFormat::Q8_0, 3) => group_dot_q8_0::<3>(weights, x, first, &mut values),
+                        (BlockFormat::Q8_0, _) => group_dot_q8_0::<4>(weights, x, first, &mut values),
+                    }
+                    for (t, values) in values[..count].iter().enumerate() {
+                        for (r, &value) in values.iter().enumerate() {
+                            // SAFETY: `(first + t) · rows + group · 8 + r` is inside `out`
+                            // (asserted `m × rows` above), and the group's columns belong to
+                            // this task alone.
+                            unsafe { *output.at((first + t) * rows + group * GROUP + r) = value };
+                        }
+                    }
+                    first += count;
+                }
+            }
+        });
+    }
+
+    /// Row `row` in `f32` (for tests and tools).
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        let blocks = self.columns / BLOCK;
+        let group_bytes = group_block_bytes(self.format);
+        let (group, r) = (row / GROUP, row % GROUP);
+        for (b, values) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let block = &self.bytes[(group * blocks + b) * group_bytes..][..group_bytes];
+            let d = f16::from_bits(u16::from_le_bytes([block[2 * r], block[2 * r + 1]])).to_f32();
+            match self.format {
+                BlockFormat::Q4_1 => {
+                    let m = f16::from_bits(u16::from_le_bytes([block[16 + 2 * r], block[17 + 2 * r]])).to_f32();
+                    for (k, value) in values.iter_mut().enumerate() {
+                        let (g, j) = (k / 4 % 4, k % 4);
+                        let byte = block[32 + 32 * g + 4 * r + j];
+                        let q = if k < 16 { byte & 0x0F } else { byte >> 4 };
+                        *value = f32::from(q) * d + m;
+                    }
+                }
+                BlockFormat::Q8_0 => {
+                    for (k, value) in values.iter_mut().enumerate() {
+                        *value = f32::from(block[16 + 32 * (k / 4) + 4 * r + k % 4] as i8) * d;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dot products of a Q4_1 group's 8 rows with activation rows `first..first + N`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, first: usize, out: &mut [[f32; GROUP]; TILE]) {
+    use std::arch::x86_64::*;
+    let blocks = x.columns / BLOCK;
+    assert!(N <= TILE && weights.len() == blocks * Q4_1_GROUP_BYTES);
+    assert!(x.values.len() >= (first + N) * blocks * BLOCK && x.scales.len() >= (first + N) * blocks);
+    assert!(x.sums.len() >= (first + N) * blocks);
+    // SAFETY: AVX2 and FMA are enabled at compile time. Weight loads read 16 or 32 bytes inside
+    // `weights` (`blocks` blocks of 160 bytes, asserted); activation loads read 4 bytes at
+    // offsets below 32 of blocks of rows `first..first + N` (asserted within `x.values`), and
+    // scales and sums of those blocks (asserted).
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..blocks {
+            let base = weights.as_ptr().add(b * Q4_1_GROUP_BYTES);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(base as *const __m128i));
+            let m = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16) as *const __m128i));
+            let mut sums = [_mm256_setzero_si256(); N];
+            for g in 0..4 {
+                let packed = _mm256_loadu_si256(base.add(32 + 32 * g) as *const __m256i);
+                let low_values = _mm256_and_si256(packed, low);
+                let high_values = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+                for t in 0..N {
+                    let activations = x.values.as_ptr().add(((first + t) * blocks + b) * BLOCK);
+                    let a = _mm256_set1_epi32(std::ptr::read_unaligned(activations.add(4 * g) as *const i32));
+                    let c = _mm256_set1_epi32(std::ptr::read_unaligned(activations.add(4 * (g + 4)) as *const i32));
+                    sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(low_values, a));
+                    sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(high_values, c));
+                }
+            }
+            for t in 0..N {
+                let index = (first + t) * blocks + b;
+                let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[t], ones));
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.scales.get_unchecked(index)));
+                acc[t] = _mm256_fmadd_ps(scale, products, acc[t]);
+                acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(*x.sums.get_unchecked(index)), acc[t]);
+            }
+        }
+        for t in 0..N {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+}
+
+/// Dot products of a Q4_1 group's 8 rows with activation rows `first..first + N` (scalar, the
+/// same arithmetic as the AVX2 path).
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, first: usize, out: &mut [[f32; GROUP]; TILE]) {
+    let blocks = x.columns / BLOCK;
+    for t in 0..N {
+        let mut acc = [0f32; GROUP];
+        for b in 0..blocks {
+            let block = &weights[b * Q4_1_GROUP_BYTES..(b + 1) * Q4_1_GROUP_BYTES];
+            let index = (first + t) * blocks + b;
+            let activations = &x.values[index * BLOCK..(index + 1) * BLOCK];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let mut sum = 0i32;
+                for g in 0..4 {
+                    for j in 0..4 {
+                        let byte = block[32 + 32 * g + 4 * r + j];
+                        sum += i32::from(byte & 0x0F) * i32::from(activations[4 * g + j]);
+                        sum += i32::from(byte >> 4) * i32::from(activations[4 * (g + 4) + j]);
+                    }
+                }
+                let d = f16::from_bits(u16::from_le_bytes([block[2 * r], block[2 * r + 1]])).to_f32();
+                let m = f16::from_bits(u16::from_le_bytes([block[16 + 2 * r], block[17 + 2 * r]])).to_f32();
+                *acc = (d * x.scales[index]).mul_add(sum as f32, *acc);
+                *acc = m.mul_add(x.sums[index], *acc);
+            }
+        }
+        out[t] = acc;
+    }
+}
+
+/// Dot products of a Q8_0 group's 8 rows with activation rows `first..first + N`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, first: usize, out: &mut [[f32; GROUP]; TILE]) {
+    use std::arch::x86_64::*;
+    let blocks = x.columns / BLOCK;
+    assert!(N <= TILE && weights.len() == blocks * Q8_0_GROUP_BYTES);
+    assert!(x.values.len() >= (first + N) * blocks * BLOCK && x.scales.len() >= (first + N) * blocks);
+    // SAFETY: as in `group_dot_q4_1`, with blocks of 272 bytes (loads at offsets 0 and 16 + 32g).
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..blocks {
+            let base = weights.as_ptr().add(b * Q8_0_GROUP_BYTES);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(base as *const __m128i));
+            let mut sums = [_mm256_setzero_si256(); N];
+            for g in 0..8 {
+                let values = _mm256_loadu_si256(base.add(16 + 32 * g) as *const __m256i);
+                let magnitudes = _mm256_sign_epi8(values, values);
+                for t in 0..N {
+                    let activations = x.values.as_ptr().add(((first + t) * blocks + b) * BLOCK);
+                    let a = _mm256_set1_epi32(std::ptr::read_unaligned(activations.add(4 * g) as *const i32));
+                    let products = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(a, values));
+                    sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(products, ones));
+                }
+            }
+            for t in 0..N {
+                let index = (first + t) * blocks + b;
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.scales.get_unchecked(index)));
+                acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[t]), acc[t]);
+            }
+        }
+        for t in 0..N {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+}
+
+/// Dot products of a Q8_0 group's 8 rows with activation rows `first..first + N` (scalar, the
+/// same arithmetic as the AVX2 path).
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, first: usize, out: &mut [[f32; GROUP]; TILE]) {
+    let blocks = x.columns / BLOCK;
+    for t in 0..N {
+        let mut acc = [0f32; GROUP];
+        for b in 0..blocks {
+            let block = &weights[b * Q8_0_GROUP_BYTES..(b + 1) * Q8_0_GROUP_BYTES];
+            let index = (first + t) * blocks + b;
+            let activations = &x.values[index * BLOCK..(index + 1) * BLOCK];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let sum: i32 = (0..BLOCK)
+                    .map(|k| i32::from(block[16 + 32 * (k / 4) + 4 * r + k % 4] as i8) * i32::from(activations[k]))
+                    .sum();
+                let d = f16::from_bits(u16::from_le_bytes([block[2 * r], block[2 * r + 1]])).to_f32();
+                *acc = (d * x.scales[index]).mul_add(sum as f32, *acc);
+            }
+        }
+        out[t] = acc;
+    }
+}
