@@ -318,37 +318,52 @@ fn attend(
     let qkv_size = q_size + 2 * kv_size;
     let group = config.heads / config.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let tasks: Vec<(usize, usize)> =
-        (0..spans.len()).flat_map(|s| (0..config.heads).map(move |head| (s, head))).collect();
+    // One task per sequence, key/value head and up to 16 rows: the query heads sharing a
+    // key/value head read its keys and values together, and long prompts still split.
+    const ROWS: usize = 16;
+    let tasks: Vec<(usize, usize, usize)> = spans
+        .iter()
+        .enumerate()
+        .flat_map(|(s, span)| {
+            (0..config.kv_heads)
+                .flat_map(move |kv| (0..span.len.div_ceil(ROWS)).map(move |chunk| (s, kv, chunk * ROWS)))
+        })
+        .collect();
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
-        .map(|&(s, head)| {
+        .map(|&(s, kv, first)| {
             let span = spans[s];
             let keys = &batch[s].cache.keys[layer];
             let values = &batch[s].cache.values[layer];
-            let kv_offset = (head / group) * hd;
-            let mut result = vec![0f32; span.len * hd];
+            let kv_offset = kv * hd;
+            let rows = ROWS.min(span.len - first);
+            // [rows × group × head_dim]
+            let mut result = vec![0f32; rows * group * hd];
             let mut scores = Vec::with_capacity(span.past + span.len);
-            for (i, output) in result.chunks_exact_mut(hd).enumerate() {
-                let row = span.start + i;
-                let query = &qkv[row * qkv_size + head * hd..row * qkv_size + (head + 1) * hd];
-                let visible = span.past + i + 1;
-                let keys = keys.chunks_exact(kv_size).take(visible).map(|row| &row[kv_offset..kv_offset + hd]);
-                let values = values.chunks_exact(kv_size).take(visible).map(|row| &row[kv_offset..kv_offset + hd]);
-                match hd {
-                    64 => attend_row::<64>(query, keys, values, scale, &mut scores, output),
-                    128 => attend_row::<128>(query, keys, values, scale, &mut scores, output),
-                    _ => attend_row_any(query, keys, values, scale, &mut scores, output),
+            for (i, outputs) in result.chunks_exact_mut(group * hd).enumerate() {
+                let row = span.start + first + i;
+                let visible = span.past + first + i + 1;
+                for (g, output) in outputs.chunks_exact_mut(hd).enumerate() {
+                    let head = kv * group + g;
+                    let query = &qkv[row * qkv_size + head * hd..row * qkv_size + (head + 1) * hd];
+                    let keys = keys.chunks_exact(kv_size).take(visible).map(|row| &row[kv_offset..kv_offset + hd]);
+                    let values = values.chunks_exact(kv_size).take(visible).map(|row| &row[kv_offset..kv_offset + hd]);
+                    match hd {
+                        64 => attend_row::<64>(query, keys, values, scale, &mut scores, output),
+                        128 => attend_row::<128>(query, keys, values, scale, &mut scores, output),
+                        _ => attend_row_any(query, keys, values, scale, &mut scores, output),
+                    }
                 }
             }
             result
         })
         .collect();
-    for (&(s, head), result) in tasks.iter().zip(results) {
+    for (&(s, kv, first), result) in tasks.iter().zip(results) {
         let span = spans[s];
-        for (i, values) in result.chunks_exact(hd).enumerate() {
-            let row = span.start + i;
-            out[row * q_size + head * hd..row * q_size + (head + 1) * hd].copy_from_slice(values);
+        for (i, values) in result.chunks_exact(group * hd).enumerate() {
+            let row = span.start + first + i;
+            let start = row * q_size + kv * group * hd;
+            out[start..start + group * hd].copy_from_slice(values);
         }
     }
 }
