@@ -21,6 +21,7 @@ use crate::kernels;
 use crate::quant::QuantizedRows;
 
 /// One sequence's keys and values, per layer, `[tokens × kv_heads·head_dim]` each.
+#[derive(Debug, Clone)]
 pub struct LlamaCache {
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,

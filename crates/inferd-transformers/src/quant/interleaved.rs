@@ -36,7 +36,7 @@ const fn group_block_bytes(format: BlockFormat) -> usize {
 const Q4_1_GROUP_BYTES: usize = group_block_bytes(BlockFormat::Q4_1);
 const Q8_0_GROUP_BYTES: usize = group_block_bytes(BlockFormat::Q8_0);
 /// Activation rows computed together against one group (their accumulators stay in registers).
-const TILE: usize = 4;
+const TILE: usize = 8;
 
 /// A Q4_1 or Q8_0 matrix whose rows are interleaved by groups of [`GROUP`].
 #[derive(Debug, Clone)]
@@ -119,15 +119,23 @@ impl Interleaved {
                 while first < m {
                     let count = (m - first).min(TILE);
                     let mut values = [[0f32; GROUP]; TILE];
-                    match (format, count) {
-                        (BlockFormat::Q4_1, 1) => group_dot_q4_1::<1>(weights, x, first, &mut values),
-                        (BlockFormat::Q4_1, 2) => group_dot_q4_1::<2>(weights, x, first, &mut values),
-                        (BlockFormat::Q4_1, 3) => group_dot_q4_1::<3>(weights, x, first, &mut values),
-                        (BlockFormat::Q4_1, _) => group_dot_q4_1::<4>(weights, x, first, &mut values),
-                        (BlockFormat::Q8_0, 1) => group_dot_q8_0::<1>(weights, x, first, &mut values),
-                        (BlockFormat::Q8_0, 2) => group_dot_q8_0::<2>(weights, x, first, &mut values),
-                        (BlockFormat::Q8_0, 3) => group_dot_q8_0::<3>(weights, x, first, &mut values),
-                        (BlockFormat::Q8_0, _) => group_dot_q8_0::<4>(weights, x, first, &mut values),
+                    macro_rules! by_count {
+                        ($kernel:ident) => {
+                            match count {
+                                1 => $kernel::<1>(weights, x, first, &mut values),
+                                2 => $kernel::<2>(weights, x, first, &mut values),
+                                3 => $kernel::<3>(weights, x, first, &mut values),
+                                4 => $kernel::<4>(weights, x, first, &mut values),
+                                5 => $kernel::<5>(weights, x, first, &mut values),
+                                6 => $kernel::<6>(weights, x, first, &mut values),
+                                7 => $kernel::<7>(weights, x, first, &mut values),
+                                _ => $kernel::<8>(weights, x, first, &mut values),
+                            }
+                        };
+                    }
+                    match format {
+                        BlockFormat::Q4_1 => by_count!(group_dot_q4_1),
+                        BlockFormat::Q8_0 => by_count!(group_dot_q8_0),
                     }
                     for (t, values) in values[..count].iter().enumerate() {
                         for (r, &value) in values.iter().enumerate() {
