@@ -88,8 +88,6 @@ impl RawMatrix {
 pub enum Linear {
     /// Quantized blocks interleaved by 8 rows: activations are quantized to 8 bits per row first.
     Interleaved(Interleaved),
-    /// Quantized blocks, row by row: activations are quantized to 8 bits per row first.
-    Blocks(BlockMatrix),
     /// `f32`, packed for the AVX2 micro-kernel.
     Dense(PackedWeight),
 }
@@ -98,10 +96,7 @@ impl Linear {
     /// Prepares a loaded matrix.
     pub fn new(matrix: RawMatrix) -> Self {
         match matrix {
-            RawMatrix::Blocks(blocks) => match Interleaved::new(&blocks) {
-                Some(interleaved) => Self::Interleaved(interleaved),
-                None => Self::Blocks(blocks),
-            },
+            RawMatrix::Blocks(blocks) => Self::Interleaved(Interleaved::new(&blocks)),
             RawMatrix::Dense { rows, columns, values } => Self::Dense(PackedWeight::new(&values, rows, columns)),
         }
     }
@@ -110,7 +105,6 @@ impl Linear {
     pub fn rows(&self) -> usize {
         match self {
             Self::Interleaved(interleaved) => interleaved.rows(),
-            Self::Blocks(blocks) => blocks.rows(),
             Self::Dense(packed) => packed.n(),
         }
     }
@@ -121,10 +115,6 @@ impl Linear {
             Self::Interleaved(interleaved) => {
                 scratch.quantize(x, m, interleaved.columns());
                 interleaved.matmul(scratch, out);
-            }
-            Self::Blocks(blocks) => {
-                scratch.quantize(x, m, blocks.columns());
-                blocks.matmul(scratch, out);
             }
             Self::Dense(packed) => {
                 out.fill(0.0);

@@ -19,6 +19,9 @@
 //!   times the activation with the value's sign; a product reaches 2 × 128 × 127, so each group
 //!   is widened to 32 bits before the next is added.
 
+// The kernels index their per-row accumulators by row, mirroring the loads.
+#![allow(clippy::needless_range_loop)]
+
 use half::f16;
 use rayon::prelude::*;
 
@@ -38,7 +41,8 @@ const Q8_0_GROUP_BYTES: usize = group_block_bytes(BlockFormat::Q8_0);
 /// Activation rows computed together against one group (their accumulators stay in registers).
 const TILE: usize = 8;
 
-/// A Q4_1 or Q8_0 matrix whose rows are interleaved by groups of [`GROUP`].
+/// A Q4_1 or Q8_0 matrix whose rows are interleaved by groups of [`GROUP`] (the last group
+/// padded with zero rows, which are computed and not written).
 #[derive(Debug, Clone)]
 pub struct Interleaved {
     format: BlockFormat,
@@ -48,19 +52,16 @@ pub struct Interleaved {
 }
 
 impl Interleaved {
-    /// Interleaves a row-major matrix; `None` when its rows are not a multiple of 8.
-    pub fn new(matrix: &BlockMatrix) -> Option<Self> {
-        if !matrix.rows().is_multiple_of(GROUP) {
-            return None;
-        }
+    /// Interleaves a row-major matrix.
+    pub fn new(matrix: &BlockMatrix) -> Self {
         let (format, rows, columns) = (matrix.format(), matrix.rows(), matrix.columns());
         let blocks = columns / BLOCK;
         let (block_bytes, group_bytes) = (format.block_bytes(), group_block_bytes(format));
         let row_bytes = blocks * block_bytes;
-        let mut bytes = vec![0u8; rows / GROUP * blocks * group_bytes];
+        let mut bytes = vec![0u8; rows.div_ceil(GROUP) * blocks * group_bytes];
         for (index, out) in bytes.chunks_exact_mut(group_bytes).enumerate() {
             let (group, b) = (index / blocks, index % blocks);
-            for r in 0..GROUP {
+            for r in 0..GROUP.min(rows - group * GROUP) {
                 let start = (group * GROUP + r) * row_bytes + b * block_bytes;
                 let block = &matrix.bytes[start..start + block_bytes];
                 out[2 * r..2 * r + 2].copy_from_slice(&block[0..2]);
@@ -84,7 +85,7 @@ impl Interleaved {
                 }
             }
         }
-        Some(Self { format, rows, columns, bytes })
+        Self { format, rows, columns, bytes }
     }
 
     /// Output rows.
@@ -106,7 +107,7 @@ impl Interleaved {
         let m = x.rows;
         assert_eq!(out.len(), m * self.rows, "Interleaved::matmul: output size");
         assert!(x.values.len() >= m * self.columns && x.scales.len() >= m * (self.columns / BLOCK));
-        let groups = self.rows / GROUP;
+        let groups = self.rows.div_ceil(GROUP);
         let group_bytes = self.columns / BLOCK * group_block_bytes(self.format);
         let format = self.format;
         let per_task = groups.div_ceil(rayon::current_num_threads() * 4).max(1);
@@ -137,8 +138,9 @@ impl Interleaved {
                         BlockFormat::Q4_1 => by_count!(group_dot_q4_1),
                         BlockFormat::Q8_0 => by_count!(group_dot_q8_0),
                     }
+                    let real = GROUP.min(rows - group * GROUP);
                     for (t, values) in values[..count].iter().enumerate() {
-                        for (r, &value) in values.iter().enumerate() {
+                        for (r, &value) in values[..real].iter().enumerate() {
                             // SAFETY: `(first + t) · rows + group · 8 + r` is inside `out`
                             // (asserted `m × rows` above), and the group's columns belong to
                             // this task alone.

@@ -1,7 +1,8 @@
-//! Quantized matrix products for the CPU, the way llama.cpp computes them: weights stay in their
-//! GGUF block formats (Q4_1, Q8_0), activations are quantized per row to 8-bit blocks of 32
-//! ([`QuantizedRows`]), and each 32-value block contributes an integer dot product scaled by the
-//! two blocks' factors.
+//! Quantized matrix products for the CPU, the way llama.cpp computes them: weights keep their
+//! GGUF block formats (Q4_1, Q8_0; [`BlockMatrix`] as the file stores them, for loading, row
+//! lookups and stacking; [`Interleaved`] eight rows at a time, for products), activations are
+//! quantized per row to 8-bit blocks of 32 ([`QuantizedRows`]), and each 32-value block
+//! contributes an integer dot product scaled by the two blocks' factors.
 //!
 //! Formats (ggml's, little-endian):
 //! - Q4_1: 20 bytes per 32 weights: `d` (f16), `m` (f16), 16 bytes of 4-bit values `q`; weight
@@ -18,8 +19,6 @@
 //! scalar paths.
 
 #![allow(unsafe_code)]
-// The kernels index their per-row accumulators by row, mirroring the loads.
-#![allow(clippy::needless_range_loop)]
 
 mod interleaved;
 
@@ -142,76 +141,6 @@ impl BlockMatrix {
         }
         out
     }
-
-    /// `out[m × rows] = x · Wᵀ` for activations already quantized, on the current rayon pool.
-    ///
-    /// # Panics
-    /// When `x` does not have this matrix's columns or `out` is not `x.rows() × rows`.
-    pub fn matmul(&self, x: &QuantizedRows, out: &mut [f32]) {
-        assert_eq!(x.columns, self.columns, "BlockMatrix::matmul: columns");
-        let m = x.rows;
-        assert_eq!(out.len(), m * self.rows, "BlockMatrix::matmul: output size");
-        // Tasks take consecutive weight rows; several per thread, so that threads end together.
-        let threads = rayon::current_num_threads();
-        let per_task = self.rows.div_ceil(threads * 4).next_multiple_of(8).max(8);
-        let row_bytes = self.row_bytes();
-        if m == 1 {
-            out.par_chunks_mut(per_task).enumerate().for_each(|(task, chunk)| {
-                let first = task * per_task;
-                for (offset, value) in chunk.iter_mut().enumerate() {
-                    let row = &self.bytes[(first + offset) * row_bytes..(first + offset + 1) * row_bytes];
-                    self.dot_rows(row, x, 0, 1, std::slice::from_mut(value));
-                }
-            });
-            return;
-        }
-        // Each task computes a range of weight rows for every activation row: columns
-        // `first..first + per_task` of `out`, which no other task writes.
-        let output = SharedOutput(out.as_mut_ptr());
-        let tasks = self.rows.div_ceil(per_task);
-        (0..tasks).into_par_iter().for_each(|task| {
-            let first = task * per_task;
-            let mut values = [0f32; TILE];
-            for r in first..(first + per_task).min(self.rows) {
-                let row = &self.bytes[r * row_bytes..(r + 1) * row_bytes];
-                let mut start = 0;
-                while start < m {
-                    let count = (m - start).min(TILE);
-                    self.dot_rows(row, x, start, count, &mut values[..count]);
-                    for (t, &value) in values[..count].iter().enumerate() {
-                        // SAFETY: `(start + t) · rows + r` is inside `out` (asserted `m × rows`
-                        // above), and column `r` belongs to this task alone.
-                        unsafe { *output.at((start + t) * self.rows + r) = value };
-                    }
-                    start += count;
-                }
-            }
-        });
-    }
-
-    /// Dot products of one weight row with activation rows `first..first + count` (≤
-    /// [`TILE`]). The count is a constant inside the kernels, so that their accumulators stay in
-    /// registers.
-    fn dot_rows(&self, row: &[u8], x: &QuantizedRows, first: usize, count: usize, out: &mut [f32]) {
-        macro_rules! by_count {
-            ($kernel:ident) => {
-                match count {
-                    1 => $kernel::<1>(row, x, first, out),
-                    2 => $kernel::<2>(row, x, first, out),
-                    3 => $kernel::<3>(row, x, first, out),
-                    4 => $kernel::<4>(row, x, first, out),
-                    5 => $kernel::<5>(row, x, first, out),
-                    6 => $kernel::<6>(row, x, first, out),
-                    7 => $kernel::<7>(row, x, first, out),
-                    _ => $kernel::<8>(row, x, first, out),
-                }
-            };
-        }
-        match self.format {
-            BlockFormat::Q4_1 => by_count!(dot_q4_1),
-            BlockFormat::Q8_0 => by_count!(dot_q8_0),
-        }
-    }
 }
 
 /// `x.round()` (halves away from zero, as llama.cpp's `roundf`), written so that it vectorises:
@@ -221,10 +150,6 @@ fn round_half_away(x: f32) -> f32 {
     let whole = x.trunc();
     if (x - whole).abs() >= 0.5 { whole + 1f32.copysign(x) } else { whole }
 }
-
-/// Activation rows computed together against one weight row: each weight block is unpacked
-/// once for all of them.
-const TILE: usize = 8;
 
 /// A `*mut f32` that may cross threads: the tasks of a product write disjoint elements.
 #[derive(Clone, Copy)]
@@ -316,125 +241,6 @@ impl QuantizedRows {
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-mod simd {
-    use std::arch::x86_64::*;
-
-    /// Sum of the 8 lanes, in a fixed order.
-    #[inline(always)]
-    pub fn sum(v: __m256) -> f32 {
-        // SAFETY: AVX is enabled at compile time (this module exists only then).
-        unsafe {
-            let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
-            let one = _mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1));
-            _mm_cvtss_f32(one)
-        }
-    }
-}
-
-/// `out[i] = row · x[first + i]` for a Q4_1 row.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-fn dot_q4_1<const N: usize>(row: &[u8], x: &QuantizedRows, first: usize, out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let blocks = x.columns / BLOCK;
-    assert!(row.len() == blocks * Q4_1_BYTES && first + N <= x.rows && out.len() == N);
-    assert!(x.values.len() >= (first + N) * blocks * BLOCK && x.scales.len() >= (first + N) * blocks);
-    // SAFETY: AVX2 and FMA are enabled at compile time; every load reads 16 or 32 bytes inside
-    // `row` (checked above: `blocks` blocks of 20 bytes) or inside `x.values` (rows
-    // `first..first + count`, each `blocks` blocks of 32, within `x.rows`).
-    unsafe {
-        let low = _mm_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut offsets = [0f32; N];
-        for b in 0..blocks {
-            let block = row.as_ptr().add(b * Q4_1_BYTES);
-            let d = half(std::slice::from_raw_parts(block, 2));
-            let m = half(std::slice::from_raw_parts(block.add(2), 2));
-            let packed = _mm_loadu_si128(block.add(4) as *const __m128i);
-            let weights = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low), _mm_and_si128(packed, low));
-            for t in 0..N {
-                let index = (first + t) * blocks + b;
-                let values = _mm256_loadu_si256(x.values.as_ptr().add(index * 32) as *const __m256i);
-                let products = _mm256_madd_epi16(_mm256_maddubs_epi16(weights, values), ones);
-                let scale = _mm256_set1_ps(d * *x.scales.get_unchecked(index));
-                acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), acc[t]);
-                offsets[t] += m * *x.sums.get_unchecked(index);
-            }
-        }
-        for t in 0..N {
-            out[t] = simd::sum(acc[t]) + offsets[t];
-        }
-    }
-}
-
-/// `out[i] = row · x[first + i]` for a Q8_0 row.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-fn dot_q8_0<const N: usize>(row: &[u8], x: &QuantizedRows, first: usize, out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let blocks = x.columns / BLOCK;
-    assert!(row.len() == blocks * Q8_0_BYTES && first + N <= x.rows && out.len() == N);
-    assert!(x.values.len() >= (first + N) * blocks * BLOCK && x.scales.len() >= (first + N) * blocks);
-    // SAFETY: as in `dot_q4_1`, with blocks of 34 bytes (32-byte loads at offset 2).
-    unsafe {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
-        for b in 0..blocks {
-            let block = row.as_ptr().add(b * Q8_0_BYTES);
-            let d = half(std::slice::from_raw_parts(block, 2));
-            let weights = _mm256_loadu_si256(block.add(2) as *const __m256i);
-            let magnitudes = _mm256_sign_epi8(weights, weights);
-            for t in 0..N {
-                let index = (first + t) * blocks + b;
-                let values = _mm256_loadu_si256(x.values.as_ptr().add(index * 32) as *const __m256i);
-                let signed = _mm256_sign_epi8(values, weights);
-                let products = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes, signed), ones);
-                let scale = _mm256_set1_ps(d * *x.scales.get_unchecked(index));
-                acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), acc[t]);
-            }
-        }
-        for t in 0..N {
-            out[t] = simd::sum(acc[t]);
-        }
-    }
-}
-
-/// `out[i] = row · x[first + i]` for a Q4_1 row (scalar).
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-fn dot_q4_1<const N: usize>(row: &[u8], x: &QuantizedRows, first: usize, out: &mut [f32]) {
-    let blocks = x.columns / BLOCK;
-    for t in 0..N {
-        let mut total = 0f32;
-        for (b, block) in row.chunks_exact(Q4_1_BYTES).enumerate() {
-            let index = (first + t) * blocks + b;
-            let values = &x.values[index * BLOCK..(index + 1) * BLOCK];
-            let mut dot = 0i32;
-            for (j, &byte) in block[4..20].iter().enumerate() {
-                dot += i32::from(byte & 0x0F) * i32::from(values[j]) + i32::from(byte >> 4) * i32::from(values[j + 16]);
-            }
-            total += half(block) * x.scales[index] * dot as f32 + half(&block[2..]) * x.sums[index];
-        }
-        out[t] = total;
-    }
-}
-
-/// `out[i] = row · x[first + i]` for a Q8_0 row (scalar).
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-fn dot_q8_0<const N: usize>(row: &[u8], x: &QuantizedRows, first: usize, out: &mut [f32]) {
-    let blocks = x.columns / BLOCK;
-    for t in 0..N {
-        let mut total = 0f32;
-        for (b, block) in row.chunks_exact(Q8_0_BYTES).enumerate() {
-            let index = (first + t) * blocks + b;
-            let values = &x.values[index * BLOCK..(index + 1) * BLOCK];
-            let dot: i32 = block[2..34].iter().zip(values).map(|(&w, &v)| i32::from(w as i8) * i32::from(v)).sum();
-            total += half(block) * x.scales[index] * dot as f32;
-        }
-        out[t] = total;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,9 +278,16 @@ mod tests {
     #[test]
     fn products_match_the_dequantized_weights_and_do_not_depend_on_the_batch() {
         for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
+            // 37 rows: the last group of eight is padded.
             let (rows, columns, m) = (37, 96, 7);
-            let weights = blocks(format, rows, columns);
-            let dense = weights.dequantize();
+            let plain = blocks(format, rows, columns);
+            let weights = Interleaved::new(&plain);
+            let dense = plain.dequantize();
+            let mut row = vec![0f32; columns];
+            for r in 0..rows {
+                weights.dequantize_row(r, &mut row);
+                assert_eq!(row, dense[r * columns..(r + 1) * columns], "{format:?} row {r}");
+            }
             let x = noise(m * columns, 11);
             let mut quantized = QuantizedRows::default();
             quantized.quantize(&x, m, columns);
@@ -494,42 +307,6 @@ mod tests {
                 weights.matmul(&single, &mut alone);
                 assert_eq!(alone, out[t * rows..(t + 1) * rows], "{format:?} row {t}");
             }
-        }
-    }
-
-    #[test]
-    fn interleaved_rows_give_the_same_products_whatever_the_batch() {
-        for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
-            interleaved_matches(format);
-        }
-        assert!(Interleaved::new(&blocks(BlockFormat::Q4_1, 12, 64)).is_none());
-    }
-
-    fn interleaved_matches(format: BlockFormat) {
-        let (rows, columns, m) = (24, 96, 7);
-        let plain = blocks(format, rows, columns);
-        let interleaved = Interleaved::new(&plain).unwrap();
-        let (mut a, mut b) = (vec![0f32; columns], vec![0f32; columns]);
-        for row in 0..rows {
-            plain.dequantize_row(row, &mut a);
-            interleaved.dequantize_row(row, &mut b);
-            assert_eq!(a, b, "row {row}");
-        }
-        let x = noise(m * columns, 5);
-        let mut quantized = QuantizedRows::default();
-        quantized.quantize(&x, m, columns);
-        let (mut expected, mut got) = (vec![0f32; m * rows], vec![0f32; m * rows]);
-        plain.matmul(&quantized, &mut expected);
-        interleaved.matmul(&quantized, &mut got);
-        for (e, g) in expected.iter().zip(&got) {
-            assert!((e - g).abs() <= 1e-4 * e.abs().max(1.0), "{e} vs {g}");
-        }
-        for t in 0..m {
-            let mut single = QuantizedRows::default();
-            single.quantize(&x[t * columns..(t + 1) * columns], 1, columns);
-            let mut alone = vec![0f32; rows];
-            interleaved.matmul(&single, &mut alone);
-            assert_eq!(alone, got[t * rows..(t + 1) * rows], "row {t}");
         }
     }
 
