@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use inferd_core::{CausalLm, InferError, SequenceStep};
-use rayon::prelude::*;
 
+use super::attention::{Span, attend, dot};
 use super::config::{LlamaConfig, RopeStyle};
 use super::weights::LlamaWeights;
 use crate::kernels;
@@ -38,6 +38,11 @@ impl LlamaCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Layer `index`'s keys and values, `[tokens × kv_heads·head_dim]` each.
+    pub(super) fn layer(&self, index: usize) -> (&[f32], &[f32]) {
+        (&self.keys[index], &self.values[index])
+    }
 }
 
 /// A llama-family decoder on the CPU.
@@ -46,15 +51,6 @@ pub struct NativeLlama {
     weights: LlamaWeights,
     pool: Arc<rayon::ThreadPool>,
     quantized: QuantizedRows,
-}
-
-/// Where one sequence's rows sit in the step's matrix.
-#[derive(Clone, Copy)]
-struct Span {
-    start: usize,
-    len: usize,
-    /// Tokens already in its cache.
-    past: usize,
 }
 
 impl NativeLlama {
@@ -210,24 +206,6 @@ fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `a · b` in eight partial sums (vectorised), added in a fixed order.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut partial = [0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (x, y) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for lane in 0..8 {
-            partial[lane] = x[lane].mul_add(y[lane], partial[lane]);
-        }
-    }
-    let mut total = ((partial[0] + partial[4]) + (partial[1] + partial[5]))
-        + ((partial[2] + partial[6]) + (partial[3] + partial[7]));
-    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
-        total += x * y;
-    }
-    total
-}
-
 /// `(cos, sin)` of each frequency of a head at `position`.
 fn rotation(position: usize, head_dim: usize, theta: f32) -> Vec<(f32, f32)> {
     (0..head_dim / 2)
@@ -250,121 +228,5 @@ fn rotate(head: &mut [f32], rotation: &[(f32, f32)], style: RopeStyle) {
         let (x0, x1) = (head[a], head[b]);
         head[a] = x0 * cos - x1 * sin;
         head[b] = x0 * sin + x1 * cos;
-    }
-}
-
-/// One query row's attention over `keys` and `values` (the visible positions), for a head width
-/// known at compile time: the query and the output stay in registers.
-fn attend_row<'a, const D: usize>(
-    query: &[f32],
-    keys: impl Iterator<Item = &'a [f32]>,
-    values: impl Iterator<Item = &'a [f32]>,
-    scale: f32,
-    scores: &mut Vec<f32>,
-    output: &mut [f32],
-) {
-    let query: &[f32; D] = query.try_into().expect("head width");
-    scores.clear();
-    scores.extend(keys.map(|key| dot_fixed::<D>(query, key.try_into().expect("head width")) * scale));
-    kernels::softmax(scores);
-    let mut sum = [0f32; D];
-    for (&weight, value) in scores.iter().zip(values) {
-        let value: &[f32; D] = value.try_into().expect("head width");
-        for (s, &v) in sum.iter_mut().zip(value) {
-            *s = weight.mul_add(v, *s);
-        }
-    }
-    output.copy_from_slice(&sum);
-}
-
-/// [`attend_row`] for any head width.
-fn attend_row_any<'a>(
-    query: &[f32],
-    keys: impl Iterator<Item = &'a [f32]>,
-    values: impl Iterator<Item = &'a [f32]>,
-    scale: f32,
-    scores: &mut Vec<f32>,
-    output: &mut [f32],
-) {
-    scores.clear();
-    scores.extend(keys.map(|key| dot(query, key) * scale));
-    kernels::softmax(scores);
-    output.fill(0.0);
-    for (&weight, value) in scores.iter().zip(values) {
-        for (o, &v) in output.iter_mut().zip(value) {
-            *o = weight.mul_add(v, *o);
-        }
-    }
-}
-
-/// `a · b` for vectors of a width known at compile time, in eight partial sums added in a
-/// fixed order (the same order as [`dot`]).
-#[inline(always)]
-fn dot_fixed<const D: usize>(a: &[f32; D], b: &[f32; D]) -> f32 {
-    dot(a, b)
-}
-
-/// Causal attention of every new row against its sequence's cache (which already holds the new
-/// keys and values), per sequence and head in parallel.
-fn attend(
-    config: &LlamaConfig,
-    batch: &[SequenceStep<'_, LlamaCache>],
-    spans: &[Span],
-    layer: usize,
-    qkv: &[f32],
-    out: &mut [f32],
-) {
-    let hd = config.head_dim;
-    let (q_size, kv_size) = (config.heads * hd, config.kv_size());
-    let qkv_size = q_size + 2 * kv_size;
-    let group = config.heads / config.kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    // One task per sequence, key/value head and up to 16 rows: the query heads sharing a
-    // key/value head read its keys and values together, and long prompts still split.
-    const ROWS: usize = 16;
-    let tasks: Vec<(usize, usize, usize)> = spans
-        .iter()
-        .enumerate()
-        .flat_map(|(s, span)| {
-            (0..config.kv_heads)
-                .flat_map(move |kv| (0..span.len.div_ceil(ROWS)).map(move |chunk| (s, kv, chunk * ROWS)))
-        })
-        .collect();
-    let results: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(s, kv, first)| {
-            let span = spans[s];
-            let keys = &batch[s].cache.keys[layer];
-            let values = &batch[s].cache.values[layer];
-            let kv_offset = kv * hd;
-            let rows = ROWS.min(span.len - first);
-            // [rows × group × head_dim]
-            let mut result = vec![0f32; rows * group * hd];
-            let mut scores = Vec::with_capacity(span.past + span.len);
-            for (i, outputs) in result.chunks_exact_mut(group * hd).enumerate() {
-                let row = span.start + first + i;
-                let visible = span.past + first + i + 1;
-                for (g, output) in outputs.chunks_exact_mut(hd).enumerate() {
-                    let head = kv * group + g;
-                    let query = &qkv[row * qkv_size + head * hd..row * qkv_size + (head + 1) * hd];
-                    let keys = keys.chunks_exact(kv_size).take(visible).map(|row| &row[kv_offset..kv_offset + hd]);
-                    let values = values.chunks_exact(kv_size).take(visible).map(|row| &row[kv_offset..kv_offset + hd]);
-                    match hd {
-                        64 => attend_row::<64>(query, keys, values, scale, &mut scores, output),
-                        128 => attend_row::<128>(query, keys, values, scale, &mut scores, output),
-                        _ => attend_row_any(query, keys, values, scale, &mut scores, output),
-                    }
-                }
-            }
-            result
-        })
-        .collect();
-    for (&(s, kv, first), result) in tasks.iter().zip(results) {
-        let span = spans[s];
-        for (i, values) in result.chunks_exact(group * hd).enumerate() {
-            let row = span.start + first + i;
-            let start = row * q_size + kv * group * hd;
-            out[start..start + group * hd].copy_from_slice(values);
-        }
     }
 }

@@ -9,6 +9,7 @@
 //!
 //! [`load_generation`] puts them together into what inferd-core's `GenerationService` serves.
 
+mod attention;
 pub mod chat_template;
 pub mod codec;
 pub mod config;

@@ -25,7 +25,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::{BLOCK, BlockFormat, BlockMatrix, QuantizedRows, SharedOutput};
+use super::{BLOCK, BlockFormat, BlockMatrix, QuantizedRows, SharedOutput, TILE};
 
 /// Rows interleaved together.
 pub const GROUP: usize = 8;
@@ -38,8 +38,6 @@ const fn group_block_bytes(format: BlockFormat) -> usize {
 }
 const Q4_1_GROUP_BYTES: usize = group_block_bytes(BlockFormat::Q4_1);
 const Q8_0_GROUP_BYTES: usize = group_block_bytes(BlockFormat::Q8_0);
-/// Activation rows computed together against one group (their accumulators stay in registers).
-const TILE: usize = 8;
 
 /// A Q4_1 or Q8_0 matrix whose rows are interleaved by groups of [`GROUP`] (the last group
 /// padded with zero rows, which are computed and not written).
@@ -116,21 +114,21 @@ impl Interleaved {
         (0..groups.div_ceil(per_task)).into_par_iter().for_each(|task| {
             for group in task * per_task..((task + 1) * per_task).min(groups) {
                 let weights = &self.bytes[group * group_bytes..(group + 1) * group_bytes];
-                let mut first = 0;
-                while first < m {
+                for tile in 0..m.div_ceil(TILE) {
+                    let first = tile * TILE;
                     let count = (m - first).min(TILE);
                     let mut values = [[0f32; GROUP]; TILE];
                     macro_rules! by_count {
                         ($kernel:ident) => {
                             match count {
-                                1 => $kernel::<1>(weights, x, first, &mut values),
-                                2 => $kernel::<2>(weights, x, first, &mut values),
-                                3 => $kernel::<3>(weights, x, first, &mut values),
-                                4 => $kernel::<4>(weights, x, first, &mut values),
-                                5 => $kernel::<5>(weights, x, first, &mut values),
-                                6 => $kernel::<6>(weights, x, first, &mut values),
-                                7 => $kernel::<7>(weights, x, first, &mut values),
-                                _ => $kernel::<8>(weights, x, first, &mut values),
+                                1 => $kernel::<1>(weights, x, tile, &mut values),
+                                2 => $kernel::<2>(weights, x, tile, &mut values),
+                                3 => $kernel::<3>(weights, x, tile, &mut values),
+                                4 => $kernel::<4>(weights, x, tile, &mut values),
+                                5 => $kernel::<5>(weights, x, tile, &mut values),
+                                6 => $kernel::<6>(weights, x, tile, &mut values),
+                                7 => $kernel::<7>(weights, x, tile, &mut values),
+                                _ => $kernel::<8>(weights, x, tile, &mut values),
                             }
                         };
                     }
@@ -147,7 +145,6 @@ impl Interleaved {
                             unsafe { *output.at((first + t) * rows + group * GROUP + r) = value };
                         }
                     }
-                    first += count;
                 }
             }
         });
@@ -181,24 +178,35 @@ impl Interleaved {
     }
 }
 
-/// Dot products of a Q4_1 group's 8 rows with activation rows `first..first + N`.
+/// The entry of block 0, row 0 of activation tile `tile`, after checking that the tile's
+/// blocks are all inside `x`.
+fn tile_start(x: &QuantizedRows, tile: usize) -> usize {
+    let tile_blocks = x.columns / BLOCK * TILE;
+    let start = tile * tile_blocks;
+    assert!(x.scales.len() >= start + tile_blocks && x.sums.len() >= start + tile_blocks);
+    assert!(x.values.len() >= (start + tile_blocks) * BLOCK);
+    start
+}
+
+/// Dot products of a Q4_1 group's 8 rows with the first `N` rows of activation tile `tile`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, first: usize, out: &mut [[f32; GROUP]; TILE]) {
+fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut [[f32; GROUP]; TILE]) {
     use std::arch::x86_64::*;
     let blocks = x.columns / BLOCK;
     assert!(N <= TILE && weights.len() == blocks * Q4_1_GROUP_BYTES);
-    assert!(x.values.len() >= (first + N) * blocks * BLOCK && x.scales.len() >= (first + N) * blocks);
-    assert!(x.sums.len() >= (first + N) * blocks);
+    let start = tile_start(x, tile);
     // SAFETY: AVX2 and FMA are enabled at compile time. Weight loads read 16 or 32 bytes inside
     // `weights` (`blocks` blocks of 160 bytes, asserted); activation loads read 4 bytes at
-    // offsets below 32 of blocks of rows `first..first + N` (asserted within `x.values`), and
-    // scales and sums of those blocks (asserted).
+    // offsets below 32 of the tile's blocks, and their scales and sums (inside `x`, asserted by
+    // `tile_start`).
     unsafe {
         let ones = _mm256_set1_epi16(1);
         let low = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..blocks {
             let base = weights.as_ptr().add(b * Q4_1_GROUP_BYTES);
+            let index = start + b * TILE;
+            let activations = x.values.as_ptr().add(index * BLOCK);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(base as *const __m128i));
             let m = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16) as *const __m128i));
             let mut sums = [_mm256_setzero_si256(); N];
@@ -207,19 +215,18 @@ fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, first: usiz
                 let low_values = _mm256_and_si256(packed, low);
                 let high_values = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
                 for t in 0..N {
-                    let activations = x.values.as_ptr().add(((first + t) * blocks + b) * BLOCK);
-                    let a = _mm256_set1_epi32(std::ptr::read_unaligned(activations.add(4 * g) as *const i32));
-                    let c = _mm256_set1_epi32(std::ptr::read_unaligned(activations.add(4 * (g + 4)) as *const i32));
+                    let row = activations.add(t * BLOCK);
+                    let a = _mm256_set1_epi32(std::ptr::read_unaligned(row.add(4 * g) as *const i32));
+                    let c = _mm256_set1_epi32(std::ptr::read_unaligned(row.add(4 * (g + 4)) as *const i32));
                     sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(low_values, a));
                     sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(high_values, c));
                 }
             }
             for t in 0..N {
-                let index = (first + t) * blocks + b;
                 let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[t], ones));
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.scales.get_unchecked(index)));
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.scales.get_unchecked(index + t)));
                 acc[t] = _mm256_fmadd_ps(scale, products, acc[t]);
-                acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(*x.sums.get_unchecked(index)), acc[t]);
+                acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(*x.sums.get_unchecked(index + t)), acc[t]);
             }
         }
         for t in 0..N {
@@ -228,16 +235,17 @@ fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, first: usiz
     }
 }
 
-/// Dot products of a Q4_1 group's 8 rows with activation rows `first..first + N` (scalar, the
-/// same arithmetic as the AVX2 path).
+/// Dot products of a Q4_1 group's 8 rows with the first `N` rows of activation tile `tile`
+/// (scalar, the same arithmetic as the AVX2 path).
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, first: usize, out: &mut [[f32; GROUP]; TILE]) {
+fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut [[f32; GROUP]; TILE]) {
     let blocks = x.columns / BLOCK;
+    let start = tile_start(x, tile);
     for t in 0..N {
         let mut acc = [0f32; GROUP];
         for b in 0..blocks {
             let block = &weights[b * Q4_1_GROUP_BYTES..(b + 1) * Q4_1_GROUP_BYTES];
-            let index = (first + t) * blocks + b;
+            let index = start + b * TILE + t;
             let activations = &x.values[index * BLOCK..(index + 1) * BLOCK];
             for (r, acc) in acc.iter_mut().enumerate() {
                 let mut sum = 0i32;
@@ -258,34 +266,35 @@ fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, first: usiz
     }
 }
 
-/// Dot products of a Q8_0 group's 8 rows with activation rows `first..first + N`.
+/// Dot products of a Q8_0 group's 8 rows with the first `N` rows of activation tile `tile`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, first: usize, out: &mut [[f32; GROUP]; TILE]) {
+fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut [[f32; GROUP]; TILE]) {
     use std::arch::x86_64::*;
     let blocks = x.columns / BLOCK;
     assert!(N <= TILE && weights.len() == blocks * Q8_0_GROUP_BYTES);
-    assert!(x.values.len() >= (first + N) * blocks * BLOCK && x.scales.len() >= (first + N) * blocks);
+    let start = tile_start(x, tile);
     // SAFETY: as in `group_dot_q4_1`, with blocks of 272 bytes (loads at offsets 0 and 16 + 32g).
     unsafe {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..blocks {
             let base = weights.as_ptr().add(b * Q8_0_GROUP_BYTES);
+            let index = start + b * TILE;
+            let activations = x.values.as_ptr().add(index * BLOCK);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(base as *const __m128i));
             let mut sums = [_mm256_setzero_si256(); N];
             for g in 0..8 {
                 let values = _mm256_loadu_si256(base.add(16 + 32 * g) as *const __m256i);
                 let magnitudes = _mm256_sign_epi8(values, values);
                 for t in 0..N {
-                    let activations = x.values.as_ptr().add(((first + t) * blocks + b) * BLOCK);
-                    let a = _mm256_set1_epi32(std::ptr::read_unaligned(activations.add(4 * g) as *const i32));
+                    let row = activations.add(t * BLOCK);
+                    let a = _mm256_set1_epi32(std::ptr::read_unaligned(row.add(4 * g) as *const i32));
                     let products = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(a, values));
                     sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(products, ones));
                 }
             }
             for t in 0..N {
-                let index = (first + t) * blocks + b;
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.scales.get_unchecked(index)));
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.scales.get_unchecked(index + t)));
                 acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[t]), acc[t]);
             }
         }
@@ -295,16 +304,17 @@ fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, first: usiz
     }
 }
 
-/// Dot products of a Q8_0 group's 8 rows with activation rows `first..first + N` (scalar, the
-/// same arithmetic as the AVX2 path).
+/// Dot products of a Q8_0 group's 8 rows with the first `N` rows of activation tile `tile`
+/// (scalar, the same arithmetic as the AVX2 path).
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, first: usize, out: &mut [[f32; GROUP]; TILE]) {
+fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut [[f32; GROUP]; TILE]) {
     let blocks = x.columns / BLOCK;
+    let start = tile_start(x, tile);
     for t in 0..N {
         let mut acc = [0f32; GROUP];
         for b in 0..blocks {
             let block = &weights[b * Q8_0_GROUP_BYTES..(b + 1) * Q8_0_GROUP_BYTES];
-            let index = (first + t) * blocks + b;
+            let index = start + b * TILE + t;
             let activations = &x.values[index * BLOCK..(index + 1) * BLOCK];
             for (r, acc) in acc.iter_mut().enumerate() {
                 let sum: i32 = (0..BLOCK)

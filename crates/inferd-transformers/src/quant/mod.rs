@@ -145,6 +145,7 @@ impl BlockMatrix {
 
 /// `x.round()` (halves away from zero, as llama.cpp's `roundf`), written so that it vectorises:
 /// `f32::round` is a library call. Exact for every `x` (`x − trunc(x)` is exact in `f32`).
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", not(test)), allow(dead_code))]
 #[inline(always)]
 fn round_half_away(x: f32) -> f32 {
     let whole = x.trunc();
@@ -169,10 +170,13 @@ impl SharedOutput {
     }
 }
 
-/// One activation row with its quantized values, scales and sums.
-type RowParts<'a> = (((&'a [f32], &'a mut [i8]), &'a mut [f32]), &'a mut [f32]);
+/// Activation rows computed together by the products: each tile's rows lie side by side, block
+/// by block, so that a product reaches all of a tile's rows from one address.
+pub const TILE: usize = 8;
 
-/// Rows of activations quantized to 8-bit blocks of 32.
+/// Rows of activations quantized to 8-bit blocks of 32, in tiles of [`TILE`] rows: block `b` of
+/// row `r` is entry `(r / TILE · blocks + b) · TILE + r % TILE` of `scales` and `sums`, and its
+/// 32 values start at 32 times that in `values` (the last tile padded).
 #[derive(Debug, Clone, Default)]
 pub struct QuantizedRows {
     rows: usize,
@@ -194,44 +198,37 @@ impl QuantizedRows {
     pub fn quantize(&mut self, x: &[f32], rows: usize, columns: usize) {
         assert!(columns.is_multiple_of(BLOCK), "QuantizedRows: columns must be a multiple of 32");
         assert_eq!(x.len(), rows * columns, "QuantizedRows: size");
-        let blocks = rows * columns / BLOCK;
+        let per_row = columns / BLOCK;
+        let tile_blocks = per_row * TILE;
+        let blocks = rows.div_ceil(TILE) * tile_blocks;
         self.rows = rows;
         self.columns = columns;
         self.scales.resize(blocks, 0.0);
         self.sums.resize(blocks, 0.0);
         self.values.resize(blocks * BLOCK, 0);
-        let per_row = columns / BLOCK;
-        let quantize_row = |(((row, q), scales), sums): RowParts<'_>| {
-            for (((block, q), scale), sum) in
-                row.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(scales.iter_mut()).zip(sums.iter_mut())
-            {
-                let max = block.iter().fold(0f32, |max, v| max.max(v.abs()));
-                let d = max / 127.0;
-                let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
-                let mut total = 0i32;
-                for (q, &v) in q.iter_mut().zip(block) {
-                    let rounded = round_half_away(v * inverse) as i32;
-                    *q = rounded as i8;
-                    total += rounded;
+        let quantize_tile = |(tile, ((values, scales), sums)): (usize, ((&mut [i8], &mut [f32]), &mut [f32]))| {
+            for t in 0..TILE.min(rows - tile * TILE) {
+                let row = &x[(tile * TILE + t) * columns..][..columns];
+                for (b, block) in row.chunks_exact(BLOCK).enumerate() {
+                    let index = b * TILE + t;
+                    let (d, total) = quantize_block(block, &mut values[index * BLOCK..(index + 1) * BLOCK]);
+                    // Scales rounded to f16 as llama.cpp stores them, so that both compute alike.
+                    scales[index] = f16::from_f32(d).to_f32();
+                    sums[index] = f16::from_f32(d * total as f32).to_f32();
                 }
-                // Scales rounded to f16 as llama.cpp stores them, so that both compute alike.
-                *scale = f16::from_f32(d).to_f32();
-                *sum = f16::from_f32(d * total as f32).to_f32();
             }
         };
-        let rows_iter = x
-            .par_chunks(columns)
-            .zip(self.values.par_chunks_mut(columns))
-            .zip(self.scales.par_chunks_mut(per_row))
-            .zip(self.sums.par_chunks_mut(per_row));
-        if rows > 1 {
-            rows_iter.for_each(quantize_row);
+        let tiles = self
+            .values
+            .par_chunks_mut(tile_blocks * BLOCK)
+            .zip(self.scales.par_chunks_mut(tile_blocks))
+            .zip(self.sums.par_chunks_mut(tile_blocks))
+            .enumerate();
+        if rows > TILE {
+            tiles.for_each(quantize_tile);
         } else {
-            x.chunks(columns)
-                .zip(self.values.chunks_mut(columns))
-                .zip(self.scales.chunks_mut(per_row))
-                .zip(self.sums.chunks_mut(per_row))
-                .for_each(quantize_row);
+            let values = &mut self.values[..tile_blocks * BLOCK];
+            quantize_tile((0, ((values, &mut self.scales[..tile_blocks]), &mut self.sums[..tile_blocks])));
         }
     }
 
@@ -239,6 +236,66 @@ impl QuantizedRows {
     pub fn rows(&self) -> usize {
         self.rows
     }
+}
+
+/// One block: `d = max|x|/127`, `q = round(x/d)` (halves away from zero); returns `d` and `Σq`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+fn quantize_block(block: &[f32], q: &mut [i8]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    assert!(block.len() == BLOCK && q.len() == BLOCK);
+    // SAFETY: AVX2 is enabled at compile time; loads read the 32 floats of `block` and the store
+    // writes the 32 bytes of `q` (lengths asserted).
+    unsafe {
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(block.as_ptr().add(8 * i)));
+        let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let abs = v.map(|v| _mm256_and_ps(v, magnitude));
+        let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let max = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = max / 127.0;
+        let inverse = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let sign = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+        let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
+        let ints = v.map(|v| {
+            // round_half_away, lane-wise: trunc(x) + (|x − trunc(x)| ≥ ½ ? ±1 : 0).
+            let x = _mm256_mul_ps(v, inverse);
+            let whole = _mm256_round_ps(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            let away = _mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(x, whole), magnitude), half, _CMP_GE_OQ);
+            let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(x, sign), one));
+            _mm256_cvttps_epi32(_mm256_add_ps(whole, step))
+        });
+        let total = _mm256_add_epi32(_mm256_add_epi32(ints[0], ints[1]), _mm256_add_epi32(ints[2], ints[3]));
+        let total = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+        let total = _mm_add_epi32(total, _mm_shuffle_epi32(total, 0b01_00_11_10));
+        let total = _mm_cvtsi128_si32(_mm_add_epi32(total, _mm_shuffle_epi32(total, 0b10_11_00_01)));
+        // Packing interleaves 128-bit lanes; the permutation puts the 4-byte groups back in order.
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(ints[0], ints[1]), _mm256_packs_epi32(ints[2], ints[3]));
+        let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, ordered);
+        (d, total)
+    }
+}
+
+/// One block (scalar, the same arithmetic as the AVX2 path).
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+fn quantize_block(block: &[f32], q: &mut [i8]) -> (f32, i32) {
+    quantize_block_scalar(block, q)
+}
+
+/// [`quantize_block`] written plainly: the scalar path, and the reference in tests.
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", not(test)), allow(dead_code))]
+fn quantize_block_scalar(block: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let max = block.iter().fold(0f32, |max, v| max.max(v.abs()));
+    let d = max / 127.0;
+    let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut total = 0i32;
+    for (q, &v) in q.iter_mut().zip(block) {
+        let rounded = round_half_away(v * inverse) as i32;
+        *q = rounded as i8;
+        total += rounded;
+    }
+    (d, total)
 }
 
 #[cfg(test)]
@@ -307,6 +364,20 @@ mod tests {
                 weights.matmul(&single, &mut alone);
                 assert_eq!(alone, out[t * rows..(t + 1) * rows], "{format:?} row {t}");
             }
+        }
+    }
+
+    #[test]
+    fn blocks_quantize_as_the_scalar_reference() {
+        let mut values = noise(BLOCK * 200, 5);
+        // Halves, zeros and a block of one value.
+        values[..BLOCK].iter_mut().enumerate().for_each(|(i, v)| *v = (i as f32 - 16.0) * 0.5);
+        values[BLOCK..2 * BLOCK].fill(0.0);
+        values[2 * BLOCK..3 * BLOCK].fill(-3.0);
+        for block in values.chunks_exact(BLOCK) {
+            let (mut fast, mut plain) = ([0i8; BLOCK], [0i8; BLOCK]);
+            assert_eq!(quantize_block(block, &mut fast), quantize_block_scalar(block, &mut plain));
+            assert_eq!(fast, plain);
         }
     }
 

@@ -1,0 +1,246 @@
+//! Causal attention of a step's new rows against each sequence's key/value cache, on the CPU.
+//!
+//! Work is split into tasks per sequence, key/value head and up to [`ROWS`] new rows, so that
+//! the query heads sharing a key/value head read its keys and values together and long prompts
+//! still spread over the threads. Every row is computed by the same instructions whatever the
+//! batch: scores are dot products in eight lanes added in a fixed order ([`dot`]), four keys at
+//! a time but each key on its own; the weighted sum of values runs over the keys in order.
+
+#![allow(unsafe_code)]
+
+use inferd_core::SequenceStep;
+use rayon::prelude::*;
+
+use super::config::LlamaConfig;
+use super::llama::LlamaCache;
+use crate::kernels;
+
+/// New rows per attention task.
+const ROWS: usize = 16;
+
+/// Where one sequence's rows sit in the step's matrix.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Span {
+    /// Its first row.
+    pub start: usize,
+    /// Its new rows.
+    pub len: usize,
+    /// Tokens already in its cache.
+    pub past: usize,
+}
+
+/// One head's keys or values in a cache: row `i` is `data[i·stride + offset ..][..width]`.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    data: &'a [f32],
+    stride: usize,
+    offset: usize,
+}
+
+impl Rows<'_> {
+    fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.stride + self.offset..]
+    }
+}
+
+/// Causal attention of every new row against its sequence's cache (which already holds the new
+/// keys and values) for layer `layer`, per sequence, key/value head and chunk of rows in
+/// parallel. `qkv` is `[rows × (q | k | v)]`; `out` receives `[rows × heads·head_dim]`.
+pub(super) fn attend(
+    config: &LlamaConfig,
+    batch: &[SequenceStep<'_, LlamaCache>],
+    spans: &[Span],
+    layer: usize,
+    qkv: &[f32],
+    out: &mut [f32],
+) {
+    let hd = config.head_dim;
+    let (q_size, kv_size) = (config.heads * hd, config.kv_size());
+    let qkv_size = q_size + 2 * kv_size;
+    let group = config.heads / config.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let tasks: Vec<(usize, usize, usize)> = spans
+        .iter()
+        .enumerate()
+        .flat_map(|(s, span)| {
+            (0..config.kv_heads)
+                .flat_map(move |kv| (0..span.len.div_ceil(ROWS)).map(move |chunk| (s, kv, chunk * ROWS)))
+        })
+        .collect();
+    let results: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(s, kv, first)| {
+            let span = spans[s];
+            let (keys, values) = batch[s].cache.layer(layer);
+            let keys = Rows { data: keys, stride: kv_size, offset: kv * hd };
+            let values = Rows { data: values, stride: kv_size, offset: kv * hd };
+            let rows = ROWS.min(span.len - first);
+            // [rows × group × head_dim]
+            let mut result = vec![0f32; rows * group * hd];
+            let mut scores = Vec::with_capacity(span.past + span.len);
+            for (i, outputs) in result.chunks_exact_mut(group * hd).enumerate() {
+                let row = span.start + first + i;
+                let visible = span.past + first + i + 1;
+                for (g, output) in outputs.chunks_exact_mut(hd).enumerate() {
+                    let head = kv * group + g;
+                    let query = &qkv[row * qkv_size + head * hd..][..hd];
+                    attend_row(query, keys, values, visible, scale, &mut scores, output);
+                }
+            }
+            result
+        })
+        .collect();
+    for (&(s, kv, first), result) in tasks.iter().zip(results) {
+        let span = spans[s];
+        for (i, values) in result.chunks_exact(group * hd).enumerate() {
+            let row = span.start + first + i;
+            let start = row * q_size + kv * group * hd;
+            out[start..start + group * hd].copy_from_slice(values);
+        }
+    }
+}
+
+/// One query row's attention over the first `visible` keys and values.
+fn attend_row(
+    query: &[f32],
+    keys: Rows<'_>,
+    values: Rows<'_>,
+    visible: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    output: &mut [f32],
+) {
+    scores.clear();
+    scores.resize(visible, 0.0);
+    key_scores(query, keys, scale, scores);
+    kernels::softmax(scores);
+    weighted_sum(scores, values, output);
+}
+
+/// `scores[i] = (query · key i) · scale`, four keys at a time, each key through [`dot`]'s
+/// arithmetic.
+fn key_scores(query: &[f32], keys: Rows<'_>, scale: f32, scores: &mut [f32]) {
+    let width = query.len();
+    let mut quads = scores.chunks_exact_mut(4);
+    let mut i = 0;
+    for quad in &mut quads {
+        let rows = [keys.row(i), keys.row(i + 1), keys.row(i + 2), keys.row(i + 3)];
+        let dots = dot4(query, rows.map(|row| &row[..width]));
+        for (score, value) in quad.iter_mut().zip(dots) {
+            *score = value * scale;
+        }
+        i += 4;
+    }
+    for score in quads.into_remainder() {
+        *score = dot(query, &keys.row(i)[..width]) * scale;
+        i += 1;
+    }
+}
+
+/// `output = Σ scores[i] · value i`, over the keys in order.
+fn weighted_sum(scores: &[f32], values: Rows<'_>, output: &mut [f32]) {
+    let width = output.len();
+    // Columns in chunks of 64 whose sums stay in registers.
+    const CHUNK: usize = 64;
+    let mut start = 0;
+    while start + CHUNK <= width {
+        let mut sum = [0f32; CHUNK];
+        for (i, &weight) in scores.iter().enumerate() {
+            let value: &[f32; CHUNK] = values.row(i)[start..start + CHUNK].try_into().expect("64 columns");
+            for (s, &v) in sum.iter_mut().zip(value) {
+                *s = weight.mul_add(v, *s);
+            }
+        }
+        output[start..start + CHUNK].copy_from_slice(&sum);
+        start += CHUNK;
+    }
+    if start < width {
+        let rest = &mut output[start..];
+        rest.fill(0.0);
+        for (i, &weight) in scores.iter().enumerate() {
+            for (o, &v) in rest.iter_mut().zip(&values.row(i)[start..width]) {
+                *o = weight.mul_add(v, *o);
+            }
+        }
+    }
+}
+
+/// `a · b` in eight lane-wise partial sums (fused multiply-adds over chunks of eight), added as
+/// `((p₀+p₄)+(p₁+p₅))+((p₂+p₆)+(p₃+p₇))`, then the elements past the last chunk in order.
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot4(a, [b; 1])[0]
+}
+
+/// [`dot`] of `a` with each of `N` vectors (the same arithmetic, `a` loaded once).
+#[inline(always)]
+fn dot4<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [f32; N] {
+    let len = a.len();
+    assert!(bs.iter().all(|b| b.len() == len), "dot: lengths differ");
+    let chunks = len / 8 * 8;
+    let mut totals = lanes(a, bs, chunks);
+    for (total, b) in totals.iter_mut().zip(bs) {
+        for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
+            *total += x * y;
+        }
+    }
+    totals
+}
+
+/// The chunked part of [`dot4`], in AVX2.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[inline(always)]
+fn lanes<const N: usize>(a: &[f32], bs: [&[f32]; N], chunks: usize) -> [f32; N] {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 and FMA are enabled at compile time; loads read 8 floats at offsets below
+    // `chunks` ≤ the length of `a` and of every `b` (asserted by the caller).
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut k = 0;
+        while k < chunks {
+            let x = _mm256_loadu_ps(a.as_ptr().add(k));
+            for (acc, b) in acc.iter_mut().zip(&bs) {
+                *acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(b.as_ptr().add(k)), *acc);
+            }
+            k += 8;
+        }
+        acc.map(|acc| {
+            // (p₀+p₄, p₁+p₅, p₂+p₆, p₃+p₇), then (s₀+s₁) + (s₂+s₃).
+            let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let u = _mm_add_ps(s, _mm_shuffle_ps(s, s, 0b10_11_00_01));
+            _mm_cvtss_f32(_mm_add_ss(u, _mm_movehl_ps(u, u)))
+        })
+    }
+}
+
+/// The chunked part of [`dot4`] (scalar, the same arithmetic as the AVX2 path).
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+#[inline(always)]
+fn lanes<const N: usize>(a: &[f32], bs: [&[f32]; N], chunks: usize) -> [f32; N] {
+    bs.map(|b| {
+        let mut p = [0f32; 8];
+        for (x, y) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+            for lane in 0..8 {
+                p[lane] = x[lane].mul_add(y[lane], p[lane]);
+            }
+        }
+        ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_keys_at_a_time_equal_one_at_a_time() {
+        let a: Vec<f32> = (0..67).map(|i| (i as f32 * 0.37).sin()).collect();
+        let bs: Vec<Vec<f32>> = (0..4).map(|k| (0..67).map(|i| (i as f32 * 0.11 + k as f32).cos()).collect()).collect();
+        let together = dot4(&a, [&bs[0][..], &bs[1][..], &bs[2][..], &bs[3][..]]);
+        for (k, b) in bs.iter().enumerate() {
+            assert_eq!(together[k], dot(&a, b));
+            let exact: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+            assert!((f64::from(together[k]) - exact).abs() < 1e-5, "{} vs {exact}", together[k]);
+        }
+    }
+}
