@@ -12,7 +12,7 @@ use inferd_core::SequenceStep;
 use rayon::prelude::*;
 
 use super::config::LlamaConfig;
-use super::llama::LlamaCache;
+use super::kv_cache::{KvElement, LayerRows, LlamaCache};
 use crate::kernels;
 
 /// New rows per attention task.
@@ -30,15 +30,21 @@ pub(super) struct Span {
 }
 
 /// One head's keys or values in a cache: row `i` is `data[i·stride + offset ..][..width]`.
-#[derive(Clone, Copy)]
-struct Rows<'a> {
-    data: &'a [f32],
+struct Rows<'a, T> {
+    data: &'a [T],
     stride: usize,
     offset: usize,
 }
 
-impl Rows<'_> {
-    fn row(&self, i: usize) -> &[f32] {
+impl<T> Clone for Rows<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Rows<'_, T> {}
+
+impl<T> Rows<'_, T> {
+    fn row(&self, i: usize) -> &[T] {
         &self.data[i * self.stride + self.offset..]
     }
 }
@@ -71,23 +77,12 @@ pub(super) fn attend(
         .par_iter()
         .map(|&(s, kv, first)| {
             let span = spans[s];
-            let (keys, values) = batch[s].cache.layer(layer);
-            let keys = Rows { data: keys, stride: kv_size, offset: kv * hd };
-            let values = Rows { data: values, stride: kv_size, offset: kv * hd };
             let rows = ROWS.min(span.len - first);
-            // [rows × group × head_dim]
-            let mut result = vec![0f32; rows * group * hd];
-            let mut scores = Vec::with_capacity(span.past + span.len);
-            for (i, outputs) in result.chunks_exact_mut(group * hd).enumerate() {
-                let row = span.start + first + i;
-                let visible = span.past + first + i + 1;
-                for (g, output) in outputs.chunks_exact_mut(hd).enumerate() {
-                    let head = kv * group + g;
-                    let query = &qkv[row * qkv_size + head * hd..][..hd];
-                    attend_row(query, keys, values, visible, scale, &mut scores, output);
-                }
+            let task = Task { qkv, qkv_size, span, first, rows, kv, group, head_dim: hd, scale };
+            match batch[s].cache.layer(layer) {
+                LayerRows::F16(keys, values) => task.run(keys, values, kv_size),
+                LayerRows::F32(keys, values) => task.run(keys, values, kv_size),
             }
-            result
         })
         .collect();
     for (&(s, kv, first), result) in tasks.iter().zip(results) {
@@ -100,11 +95,49 @@ pub(super) fn attend(
     }
 }
 
-/// One query row's attention over the first `visible` keys and values.
-fn attend_row(
+/// One attention task: rows `first..first + rows` of a sequence, for the query heads of
+/// key/value head `kv`.
+struct Task<'a> {
+    qkv: &'a [f32],
+    qkv_size: usize,
+    span: Span,
+    first: usize,
+    rows: usize,
+    kv: usize,
+    group: usize,
+    head_dim: usize,
+    scale: f32,
+}
+
+impl Task<'_> {
+    /// `[rows × group × head_dim]`, against the cache's keys and values (`[tokens × stride]`).
+    fn run<T: KvElement>(&self, keys: &[T], values: &[T], stride: usize) -> Vec<f32> {
+        let hd = self.head_dim;
+        let keys = Rows { data: keys, stride, offset: self.kv * hd };
+        let values = Rows { data: values, stride, offset: self.kv * hd };
+        let mut result = vec![0f32; self.rows * self.group * hd];
+        let mut scores = Vec::with_capacity(self.span.past + self.span.len);
+        let mut query = vec![0f32; hd];
+        for (i, outputs) in result.chunks_exact_mut(self.group * hd).enumerate() {
+            let row = self.span.start + self.first + i;
+            let visible = self.span.past + self.first + i + 1;
+            for (g, output) in outputs.chunks_exact_mut(hd).enumerate() {
+                let head = self.kv * self.group + g;
+                query.copy_from_slice(&self.qkv[row * self.qkv_size + head * hd..][..hd]);
+                T::round_slice(&mut query);
+                attend_row(&query, keys, values, visible, self.scale, &mut scores, output);
+            }
+        }
+        result
+    }
+}
+
+/// One query row's attention over the first `visible` keys and values. The query and the
+/// attention weights are rounded to the cache's precision first ([`KvElement::round_slice`]).
+fn attend_row<T: KvElement>(
     query: &[f32],
-    keys: Rows<'_>,
-    values: Rows<'_>,
+    keys: Rows<'_, T>,
+    values: Rows<'_, T>,
     visible: usize,
     scale: f32,
     scores: &mut Vec<f32>,
@@ -114,12 +147,13 @@ fn attend_row(
     scores.resize(visible, 0.0);
     key_scores(query, keys, scale, scores);
     kernels::softmax(scores);
+    T::round_slice(scores);
     weighted_sum(scores, values, output);
 }
 
 /// `scores[i] = (query · key i) · scale`, four keys at a time, each key through [`dot`]'s
 /// arithmetic.
-fn key_scores(query: &[f32], keys: Rows<'_>, scale: f32, scores: &mut [f32]) {
+fn key_scores<T: KvElement>(query: &[f32], keys: Rows<'_, T>, scale: f32, scores: &mut [f32]) {
     let width = query.len();
     let mut quads = scores.chunks_exact_mut(4);
     let mut i = 0;
@@ -132,37 +166,61 @@ fn key_scores(query: &[f32], keys: Rows<'_>, scale: f32, scores: &mut [f32]) {
         i += 4;
     }
     for score in quads.into_remainder() {
-        *score = dot(query, &keys.row(i)[..width]) * scale;
+        *score = dot4(query, [&keys.row(i)[..width]])[0] * scale;
         i += 1;
     }
 }
 
-/// `output = Σ scores[i] · value i`, over the keys in order.
-fn weighted_sum(scores: &[f32], values: Rows<'_>, output: &mut [f32]) {
+/// `output = Σ scores[i] · value i`, over the keys in order (each column its own sum of fused
+/// multiply-adds).
+fn weighted_sum<T: KvElement>(scores: &[f32], values: Rows<'_, T>, output: &mut [f32]) {
     let width = output.len();
-    // Columns in chunks of 64 whose sums stay in registers.
-    const CHUNK: usize = 64;
-    let mut start = 0;
-    while start + CHUNK <= width {
-        let mut sum = [0f32; CHUNK];
-        for (i, &weight) in scores.iter().enumerate() {
-            let value: &[f32; CHUNK] = values.row(i)[start..start + CHUNK].try_into().expect("64 columns");
-            for (s, &v) in sum.iter_mut().zip(value) {
-                *s = weight.mul_add(v, *s);
-            }
-        }
-        output[start..start + CHUNK].copy_from_slice(&sum);
-        start += CHUNK;
-    }
-    if start < width {
-        let rest = &mut output[start..];
+    let done = weighted_sum_chunks(scores, values, output);
+    if done < width {
+        let rest = &mut output[done..];
         rest.fill(0.0);
         for (i, &weight) in scores.iter().enumerate() {
-            for (o, &v) in rest.iter_mut().zip(&values.row(i)[start..width]) {
-                *o = weight.mul_add(v, *o);
+            for (o, &v) in rest.iter_mut().zip(&values.row(i)[done..width]) {
+                *o = weight.mul_add(v.to_f32(), *o);
             }
         }
     }
+}
+
+/// [`weighted_sum`] over the leading columns in chunks of 64 whose sums stay in registers;
+/// returns the columns done.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+fn weighted_sum_chunks<T: KvElement>(scores: &[f32], values: Rows<'_, T>, output: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    const CHUNK: usize = 64;
+    let width = output.len();
+    let mut start = 0;
+    while start + CHUNK <= width {
+        // SAFETY: AVX2 and FMA are enabled at compile time; each load reads 8 values of a row
+        // slice checked to hold `start + 64` of them, and each store 8 floats of `output`
+        // (`start + 64 ≤ width`).
+        unsafe {
+            let mut sum = [_mm256_setzero_ps(); CHUNK / 8];
+            for (i, &weight) in scores.iter().enumerate() {
+                let row = &values.row(i)[..start + CHUNK];
+                let weight = _mm256_set1_ps(weight);
+                for (lane, sum) in sum.iter_mut().enumerate() {
+                    *sum = _mm256_fmadd_ps(weight, T::load8(row.as_ptr().add(start + 8 * lane)), *sum);
+                }
+            }
+            for (lane, sum) in sum.iter().enumerate() {
+                _mm256_storeu_ps(output.as_mut_ptr().add(start + 8 * lane), *sum);
+            }
+        }
+        start += CHUNK;
+    }
+    start
+}
+
+/// [`weighted_sum`]'s chunks (scalar: none; the caller's loop does every column).
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+fn weighted_sum_chunks<T: KvElement>(_scores: &[f32], _values: Rows<'_, T>, _output: &mut [f32]) -> usize {
+    0
 }
 
 /// `a · b` in eight lane-wise partial sums (fused multiply-adds over chunks of eight), added as
@@ -174,14 +232,14 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// [`dot`] of `a` with each of `N` vectors (the same arithmetic, `a` loaded once).
 #[inline(always)]
-fn dot4<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [f32; N] {
+fn dot4<T: KvElement, const N: usize>(a: &[f32], bs: [&[T]; N]) -> [f32; N] {
     let len = a.len();
     assert!(bs.iter().all(|b| b.len() == len), "dot: lengths differ");
     let chunks = len / 8 * 8;
     let mut totals = lanes(a, bs, chunks);
     for (total, b) in totals.iter_mut().zip(bs) {
         for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
-            *total += x * y;
+            *total += x * y.to_f32();
         }
     }
     totals
@@ -190,7 +248,7 @@ fn dot4<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [f32; N] {
 /// The chunked part of [`dot4`], in AVX2.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 #[inline(always)]
-fn lanes<const N: usize>(a: &[f32], bs: [&[f32]; N], chunks: usize) -> [f32; N] {
+fn lanes<T: KvElement, const N: usize>(a: &[f32], bs: [&[T]; N], chunks: usize) -> [f32; N] {
     use std::arch::x86_64::*;
     // SAFETY: AVX2 and FMA are enabled at compile time; loads read 8 floats at offsets below
     // `chunks` ≤ the length of `a` and of every `b` (asserted by the caller).
@@ -200,7 +258,7 @@ fn lanes<const N: usize>(a: &[f32], bs: [&[f32]; N], chunks: usize) -> [f32; N] 
         while k < chunks {
             let x = _mm256_loadu_ps(a.as_ptr().add(k));
             for (acc, b) in acc.iter_mut().zip(&bs) {
-                *acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(b.as_ptr().add(k)), *acc);
+                *acc = _mm256_fmadd_ps(x, T::load8(b.as_ptr().add(k)), *acc);
             }
             k += 8;
         }
@@ -216,12 +274,12 @@ fn lanes<const N: usize>(a: &[f32], bs: [&[f32]; N], chunks: usize) -> [f32; N] 
 /// The chunked part of [`dot4`] (scalar, the same arithmetic as the AVX2 path).
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
 #[inline(always)]
-fn lanes<const N: usize>(a: &[f32], bs: [&[f32]; N], chunks: usize) -> [f32; N] {
+fn lanes<T: KvElement, const N: usize>(a: &[f32], bs: [&[T]; N], chunks: usize) -> [f32; N] {
     bs.map(|b| {
         let mut p = [0f32; 8];
         for (x, y) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
             for lane in 0..8 {
-                p[lane] = x[lane].mul_add(y[lane], p[lane]);
+                p[lane] = x[lane].mul_add(y[lane].to_f32(), p[lane]);
             }
         }
         ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]))

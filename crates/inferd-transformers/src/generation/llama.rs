@@ -16,34 +16,10 @@ use inferd_core::{CausalLm, InferError, SequenceStep};
 
 use super::attention::{Span, attend, dot};
 use super::config::{LlamaConfig, RopeStyle};
+use super::kv_cache::{KvPrecision, LlamaCache};
 use super::weights::LlamaWeights;
 use crate::kernels;
 use crate::quant::QuantizedRows;
-
-/// One sequence's keys and values, per layer, `[tokens × kv_heads·head_dim]` each.
-#[derive(Debug, Clone)]
-pub struct LlamaCache {
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
-    len: usize,
-}
-
-impl LlamaCache {
-    /// Tokens cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is cached yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Layer `index`'s keys and values, `[tokens × kv_heads·head_dim]` each.
-    pub(super) fn layer(&self, index: usize) -> (&[f32], &[f32]) {
-        (&self.keys[index], &self.values[index])
-    }
-}
 
 /// A llama-family decoder on the CPU.
 pub struct NativeLlama {
@@ -51,17 +27,18 @@ pub struct NativeLlama {
     weights: LlamaWeights,
     pool: Arc<rayon::ThreadPool>,
     quantized: QuantizedRows,
+    kv: KvPrecision,
 }
 
 impl NativeLlama {
-    /// The engine, computing on `threads` threads of its own.
-    pub fn new(config: LlamaConfig, weights: LlamaWeights, threads: usize) -> Result<Self, String> {
+    /// The engine, computing on `threads` threads of its own, caching keys and values in `kv`.
+    pub fn new(config: LlamaConfig, weights: LlamaWeights, threads: usize, kv: KvPrecision) -> Result<Self, String> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("inferd-llm-{i}"))
             .build()
             .map_err(|err| format!("cannot start the model's threads: {err}"))?;
-        Ok(Self { config, weights, pool: Arc::new(pool), quantized: QuantizedRows::default() })
+        Ok(Self { config, weights, pool: Arc::new(pool), quantized: QuantizedRows::default(), kv })
     }
 
     /// The model's shape.
@@ -91,7 +68,7 @@ impl NativeLlama {
         let mut spans = Vec::with_capacity(batch.len());
         let mut total = 0;
         for step in batch.iter() {
-            let past = step.cache.len;
+            let past = step.cache.len();
             if step.tokens.is_empty() || past + step.tokens.len() > config.context_length {
                 return Err(InferError::Internal(format!(
                     "a sequence of {} cached and {} new tokens does not fit the context of {}",
@@ -137,14 +114,8 @@ impl NativeLlama {
                 }
             }
             for (step, span) in batch.iter_mut().zip(&spans) {
-                let cache = &mut *step.cache;
-                if cache.keys.len() <= index {
-                    cache.keys.resize_with(index + 1, Vec::new);
-                    cache.values.resize_with(index + 1, Vec::new);
-                }
                 for row in qkv[span.start * qkv_size..(span.start + span.len) * qkv_size].chunks_exact(qkv_size) {
-                    cache.keys[index].extend_from_slice(&row[q_size..q_size + kv_size]);
-                    cache.values[index].extend_from_slice(&row[q_size + kv_size..]);
+                    step.cache.push(index, &row[q_size..q_size + kv_size], &row[q_size + kv_size..]);
                 }
             }
             attend(config, batch, &spans, index, &qkv, &mut attended);
@@ -163,7 +134,7 @@ impl NativeLlama {
             x.iter_mut().zip(&projected).for_each(|(value, p)| *value += p);
         }
         for (step, span) in batch.iter_mut().zip(&spans) {
-            step.cache.len = span.past + span.len;
+            step.cache.set_len(span.past + span.len);
         }
 
         // Only each sequence's last row is needed for its next token.
@@ -185,7 +156,7 @@ impl CausalLm for NativeLlama {
     type Cache = LlamaCache;
 
     fn new_cache(&self) -> LlamaCache {
-        LlamaCache { keys: Vec::new(), values: Vec::new(), len: 0 }
+        LlamaCache::new(self.kv)
     }
 
     fn forward(&mut self, batch: &mut [SequenceStep<'_, LlamaCache>]) -> Result<Vec<Vec<f32>>, InferError> {

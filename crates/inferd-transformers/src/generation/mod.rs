@@ -14,6 +14,7 @@ pub mod chat_template;
 pub mod codec;
 pub mod config;
 pub mod gguf_tokenizer;
+pub mod kv_cache;
 pub mod llama;
 pub mod weights;
 
@@ -31,7 +32,8 @@ use tokenizers::Tokenizer;
 pub use chat_template::ChatTemplate;
 pub use codec::LlmCodec;
 pub use config::{LlamaConfig, RopeStyle};
-pub use llama::{LlamaCache, NativeLlama};
+pub use kv_cache::{KvPrecision, LlamaCache};
+pub use llama::NativeLlama;
 pub use weights::LlamaWeights;
 
 use crate::error::LoadError;
@@ -160,7 +162,7 @@ pub fn load_gguf(
     let mut tensors = weights::GgufTensors::new(path, file.try_clone().map_err(io)?, &content);
     let weights = LlamaWeights::load(&mut tensors, &config, true)?;
     let engine = format!("native ({})", describe_formats(&content));
-    finish(config, weights, codec, stops.into_iter().collect(), engine, threads)
+    finish(config, weights, codec, stops.into_iter().collect(), engine, threads, KvPrecision::F16)
 }
 
 /// The weight formats of a GGUF file's matrices, most common first (`q4_1, q8_0`).
@@ -181,6 +183,7 @@ fn finish(
     stop_ids: Vec<u32>,
     engine: String,
     threads: usize,
+    kv: KvPrecision,
 ) -> Result<LoadedGeneration, LoadError> {
     let info = GenerationInfo {
         platform: format!("inferd_{}", config.architecture),
@@ -188,7 +191,7 @@ fn finish(
         vocab_size: config.vocab_size,
         stop_ids,
     };
-    let model = NativeLlama::new(config, weights, threads).map_err(LoadError::Device)?;
+    let model = NativeLlama::new(config, weights, threads, kv).map_err(LoadError::Device)?;
     Ok(LoadedGeneration { info, codec: Arc::new(codec), model, engine })
 }
 
@@ -196,7 +199,7 @@ fn finish(
 /// shards listed in `model.safetensors.index.json`). For tools and tests that feed token ids.
 pub fn load_llama_safetensors(files: &crate::source::ModelFiles, threads: usize) -> Result<NativeLlama, LoadError> {
     let (config, weights) = read_safetensors(files, None)?;
-    NativeLlama::new(config, weights, threads).map_err(LoadError::Device)
+    NativeLlama::new(config, weights, threads, KvPrecision::F32).map_err(LoadError::Device)
 }
 
 fn read_safetensors(
@@ -293,5 +296,5 @@ fn load_safetensors(
     stops.extend(tokenizer.token_to_id(&eos));
     let bos_id = if tokenizer_config.add_bos_token { tokenizer.token_to_id(&bos) } else { None };
     let codec = LlmCodec::new(tokenizer, template, bos_id);
-    finish(config, weights, codec, stops.into_iter().collect(), "native (f32)".into(), threads)
+    finish(config, weights, codec, stops.into_iter().collect(), "native (f32)".into(), threads, KvPrecision::F32)
 }
