@@ -174,6 +174,9 @@ impl SharedOutput {
 /// by block, so that a product reaches all of a tile's rows from one address.
 pub const TILE: usize = 8;
 
+/// One tile's quantized values, scales and sums.
+type TileParts<'a> = ((&'a mut [i8], &'a mut [f32]), &'a mut [f32]);
+
 /// Rows of activations quantized to 8-bit blocks of 32, in tiles of [`TILE`] rows: block `b` of
 /// row `r` is entry `(r / TILE · blocks + b) · TILE + r % TILE` of `scales` and `sums`, and its
 /// 32 values start at 32 times that in `values` (the last tile padded).
@@ -206,7 +209,7 @@ impl QuantizedRows {
         self.scales.resize(blocks, 0.0);
         self.sums.resize(blocks, 0.0);
         self.values.resize(blocks * BLOCK, 0);
-        let quantize_tile = |(tile, ((values, scales), sums)): (usize, ((&mut [i8], &mut [f32]), &mut [f32]))| {
+        let quantize_tile = |(tile, ((values, scales), sums)): (usize, TileParts<'_>)| {
             for t in 0..TILE.min(rows - tile * TILE) {
                 let row = &x[(tile * TILE + t) * columns..][..columns];
                 for (b, block) in row.chunks_exact(BLOCK).enumerate() {
