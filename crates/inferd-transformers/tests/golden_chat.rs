@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use inferd_core::{CausalLm, ChatMessage, SequenceStep, TextCodec};
-use inferd_transformers::generation::LlamaCache;
+use inferd_transformers::generation::LlamaEngineCache;
 use inferd_transformers::{GenerationOptions, LoadedGeneration, ModelSource, load_generation};
 use serde::Deserialize;
 
@@ -71,7 +71,7 @@ fn load() -> LoadedGeneration {
         .expect("model loads")
 }
 
-fn step(loaded: &mut LoadedGeneration, cache: &mut LlamaCache, tokens: &[u32]) -> Vec<f32> {
+fn step(loaded: &mut LoadedGeneration, cache: &mut LlamaEngineCache, tokens: &[u32]) -> Vec<f32> {
     let mut batch = [SequenceStep { cache, tokens }];
     loaded.model.forward(&mut batch).expect("forward").remove(0)
 }
@@ -144,12 +144,12 @@ fn a_sequence_gives_the_same_logits_alone_and_in_a_batch() {
         })
         .collect();
     // Together: all prefills in one pass, then all decode steps in one pass.
-    let mut caches: Vec<LlamaCache> = prompts.iter().map(|_| loaded.model.new_cache()).collect();
-    let mut batch: Vec<SequenceStep<'_, LlamaCache>> =
+    let mut caches: Vec<LlamaEngineCache> = prompts.iter().map(|_| loaded.model.new_cache()).collect();
+    let mut batch: Vec<SequenceStep<'_, LlamaEngineCache>> =
         caches.iter_mut().zip(&prompts).map(|(cache, ids)| SequenceStep { cache, tokens: ids }).collect();
     let firsts = loaded.model.forward(&mut batch).expect("forward");
     let next_ids: Vec<[u32; 1]> = firsts.iter().map(|logits| [argmax(logits)]).collect();
-    let mut batch: Vec<SequenceStep<'_, LlamaCache>> =
+    let mut batch: Vec<SequenceStep<'_, LlamaEngineCache>> =
         caches.iter_mut().zip(&next_ids).map(|(cache, id)| SequenceStep { cache, tokens: id }).collect();
     let nexts = loaded.model.forward(&mut batch).expect("forward");
     for (i, (first, next)) in alone.iter().enumerate() {
