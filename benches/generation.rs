@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use inferd::core::{CausalLm, Device, SequenceStep, TextCodec};
-use inferd::transformers::generation::LlamaCache;
+use inferd::transformers::generation::LlamaEngineCache;
 use inferd::transformers::{GenerationOptions, LoadedGeneration, ModelSource, load_generation};
 
 const STREAMS: [usize; 4] = [1, 4, 8, 16];
@@ -48,9 +48,9 @@ fn generation(c: &mut Criterion) {
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     for streams in STREAMS {
         // Every sequence holds CONTEXT tokens; each timed step adds one token to a clone.
-        let mut caches: Vec<LlamaCache> = (0..streams).map(|_| loaded.model.new_cache()).collect();
+        let mut caches: Vec<LlamaEngineCache> = (0..streams).map(|_| loaded.model.new_cache()).collect();
         let prompts: Vec<&[u32]> = (0..streams).map(|i| &prompt[i..i + CONTEXT]).collect();
-        let mut batch: Vec<SequenceStep<'_, LlamaCache>> =
+        let mut batch: Vec<SequenceStep<'_, LlamaEngineCache>> =
             caches.iter_mut().zip(&prompts).map(|(cache, tokens)| SequenceStep { cache, tokens }).collect();
         loaded.model.forward(&mut batch).unwrap();
         group.throughput(Throughput::Elements(streams as u64));
@@ -59,7 +59,7 @@ fn generation(c: &mut Criterion) {
                 || caches.clone(),
                 |mut caches| {
                     let next = [7u32];
-                    let mut batch: Vec<SequenceStep<'_, LlamaCache>> =
+                    let mut batch: Vec<SequenceStep<'_, LlamaEngineCache>> =
                         caches.iter_mut().map(|cache| SequenceStep { cache, tokens: &next }).collect();
                     loaded.model.forward(&mut batch).unwrap()
                 },

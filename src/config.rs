@@ -123,6 +123,7 @@ impl ModelConfig {
             threads: self.threads,
             context_length: self.context_length,
             gguf_file: self.gguf_file.clone(),
+            engine: self.engine,
         }
     }
 

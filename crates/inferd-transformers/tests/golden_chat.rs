@@ -10,12 +10,15 @@
 //! reference's tokens are fed back at every step, so the comparison continues past
 //! agreements on ties. The first step's logits must agree within [`LOGIT_TOLERANCE`].
 //!
+//! Both engines are held to this: the native one, and the candle one on the CPU device (the
+//! engine that runs on CUDA, with candle's own quantized kernels).
+//!
 //! The model comes from `models/fetch-models.sh` (the test command runs it first).
 
 use std::path::{Path, PathBuf};
 
-use inferd_core::{CausalLm, ChatMessage, SequenceStep, TextCodec};
-use inferd_transformers::generation::LlamaCache;
+use inferd_core::{CausalLm, ChatMessage, Engine, SequenceStep, TextCodec};
+use inferd_transformers::generation::LlamaEngineCache;
 use inferd_transformers::{GenerationOptions, LoadedGeneration, ModelSource, load_generation};
 use serde::Deserialize;
 
@@ -27,6 +30,16 @@ use serde::Deserialize;
 const LOGIT_TOLERANCE: f32 = 0.75;
 /// Below this top-2 margin, the reference's own choice is a near-tie.
 const NEAR_TIE: f64 = 1.0;
+/// Largest difference allowed on the candle engine between a sequence's logits in a batch and
+/// alone (measured: none); the native engine must agree exactly.
+const CANDLE_BATCH_TOLERANCE: f32 = 1e-4;
+/// Largest difference allowed on the candle engine between a prompt's logits prefilled and fed
+/// token by token. Attention over several query rows rounds differently from one row (1e-7),
+/// and candle's quantized products round each activation row to 8 bits: a flipped rounding
+/// there moves a layer's output by about 1e-2, and the layers after it carry that on. On this
+/// model the logits end up to 0.75 apart (measured); the f32 tiny models, with no such
+/// rounding, agree within 2e-6 (golden_tiny_llm.rs).
+const CANDLE_PREFILL_TOLERANCE: f32 = 1.0;
 
 #[derive(Deserialize)]
 struct Golden {
@@ -64,14 +77,14 @@ fn golden() -> Golden {
     serde_json::from_str(&std::fs::read_to_string(&path).expect("golden file")).expect("golden JSON")
 }
 
-fn load() -> LoadedGeneration {
+fn load(engine: Option<Engine>) -> LoadedGeneration {
     let file = root().join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(file.is_file(), "{} is missing: run models/fetch-models.sh", file.display());
-    load_generation(&ModelSource::Folder(file), &inferd_core::Device::Cpu, &GenerationOptions::default())
-        .expect("model loads")
+    let options = GenerationOptions { engine, ..GenerationOptions::default() };
+    load_generation(&ModelSource::Folder(file), &inferd_core::Device::Cpu, &options).expect("model loads")
 }
 
-fn step(loaded: &mut LoadedGeneration, cache: &mut LlamaCache, tokens: &[u32]) -> Vec<f32> {
+fn step(loaded: &mut LoadedGeneration, cache: &mut LlamaEngineCache, tokens: &[u32]) -> Vec<f32> {
     let mut batch = [SequenceStep { cache, tokens }];
     loaded.model.forward(&mut batch).expect("forward").remove(0)
 }
@@ -82,9 +95,21 @@ fn argmax(logits: &[f32]) -> u32 {
 
 #[test]
 fn prompts_tokens_and_greedy_steps_match_llama_cpp() {
+    let mut loaded = load(None);
+    assert!(loaded.engine.starts_with("native (q4_1"), "{}", loaded.engine);
+    matches_llama_cpp(&mut loaded);
+}
+
+#[test]
+fn the_candle_engine_matches_llama_cpp_too() {
+    let mut loaded = load(Some(Engine::Tensor));
+    assert!(loaded.engine.starts_with("candle (q4_1") && loaded.engine.ends_with(", cpu)"), "{}", loaded.engine);
+    matches_llama_cpp(&mut loaded);
+}
+
+fn matches_llama_cpp(loaded: &mut LoadedGeneration) {
     let golden = golden();
     assert!(golden.cases.len() >= 6);
-    let mut loaded = load();
     assert_eq!(loaded.info.vocab_size, 49152);
     assert!(loaded.info.stop_ids.contains(&2), "<|im_end|> ends a turn: {:?}", loaded.info.stop_ids);
     let mut worst_logit = (0f32, String::new());
@@ -98,7 +123,7 @@ fn prompts_tokens_and_greedy_steps_match_llama_cpp() {
         assert_eq!(ids, case.prompt_ids, "{}: prompt ids", case.name);
 
         let mut cache = loaded.model.new_cache();
-        let mut logits = step(&mut loaded, &mut cache, &ids);
+        let mut logits = step(loaded, &mut cache, &ids);
         for &(id, reference) in &case.top_k_first_step {
             let difference = (logits[id as usize] - reference).abs();
             if difference > worst_logit.0 {
@@ -117,12 +142,12 @@ fn prompts_tokens_and_greedy_steps_match_llama_cpp() {
                 expected.margin
             );
             compared += 1;
-            logits = step(&mut loaded, &mut cache, &[expected.id]);
+            logits = step(loaded, &mut cache, &[expected.id]);
         }
     }
     eprintln!(
-        "first-step logits: largest difference {:.4} ({}); {compared} greedy steps compared",
-        worst_logit.0, worst_logit.1
+        "{}: first-step logits: largest difference {:.4} ({}); {compared} greedy steps compared",
+        loaded.engine, worst_logit.0, worst_logit.1
     );
     assert!(worst_logit.0 <= LOGIT_TOLERANCE, "first-step logits differ by {} at {}", worst_logit.0, worst_logit.1);
     assert!(compared >= 10, "only {compared} steps were far enough from ties to compare");
@@ -130,30 +155,61 @@ fn prompts_tokens_and_greedy_steps_match_llama_cpp() {
 
 #[test]
 fn a_sequence_gives_the_same_logits_alone_and_in_a_batch() {
+    let (batched, prefilled) = same_alone_and_in_a_batch(&mut load(None));
+    assert_eq!(batched, 0.0, "the native engine computes a sequence's rows the same way in any batch");
+    assert_eq!(prefilled, 0.0, "the native engine computes a prompt's rows as if decoded one by one");
+}
+
+#[test]
+fn on_the_candle_engine_a_sequence_gives_the_same_logits_alone_and_in_a_batch() {
+    let (batched, prefilled) = same_alone_and_in_a_batch(&mut load(Some(Engine::Tensor)));
+    assert!(batched <= CANDLE_BATCH_TOLERANCE, "logits in a batch and alone differ by {batched}");
+    assert!(prefilled <= CANDLE_PREFILL_TOLERANCE, "logits prefilled and token by token differ by {prefilled}");
+}
+
+/// The largest difference between logits alone and in a batch, and between a prefill's and
+/// feeding its tokens one by one.
+fn same_alone_and_in_a_batch(loaded: &mut LoadedGeneration) -> (f32, f32) {
     let golden = golden();
-    let mut loaded = load();
     let prompts: Vec<Vec<u32>> = golden.cases.iter().take(3).map(|case| case.prompt_ids.clone()).collect();
     // Alone: prefill, then one decode step.
-    let alone: Vec<(Vec<f32>, Vec<f32>)> = prompts
+    let alone: Vec<(Vec<f32>, [u32; 1], Vec<f32>)> = prompts
         .iter()
         .map(|ids| {
             let mut cache = loaded.model.new_cache();
-            let first = step(&mut loaded, &mut cache, ids);
-            let next = step(&mut loaded, &mut cache, &[argmax(&first)]);
-            (first, next)
+            let first = step(loaded, &mut cache, ids);
+            let next_id = [argmax(&first)];
+            let next = step(loaded, &mut cache, &next_id);
+            (first, next_id, next)
         })
         .collect();
-    // Together: all prefills in one pass, then all decode steps in one pass.
-    let mut caches: Vec<LlamaCache> = prompts.iter().map(|_| loaded.model.new_cache()).collect();
-    let mut batch: Vec<SequenceStep<'_, LlamaCache>> =
+    // Together: all prefills in one pass, then all decode steps (of the same tokens) in one pass.
+    let mut caches: Vec<LlamaEngineCache> = prompts.iter().map(|_| loaded.model.new_cache()).collect();
+    let mut batch: Vec<SequenceStep<'_, LlamaEngineCache>> =
         caches.iter_mut().zip(&prompts).map(|(cache, ids)| SequenceStep { cache, tokens: ids }).collect();
     let firsts = loaded.model.forward(&mut batch).expect("forward");
-    let next_ids: Vec<[u32; 1]> = firsts.iter().map(|logits| [argmax(logits)]).collect();
-    let mut batch: Vec<SequenceStep<'_, LlamaCache>> =
-        caches.iter_mut().zip(&next_ids).map(|(cache, id)| SequenceStep { cache, tokens: id }).collect();
+    let mut batch: Vec<SequenceStep<'_, LlamaEngineCache>> =
+        caches.iter_mut().zip(&alone).map(|(cache, (_, id, _))| SequenceStep { cache, tokens: id }).collect();
     let nexts = loaded.model.forward(&mut batch).expect("forward");
-    for (i, (first, next)) in alone.iter().enumerate() {
-        assert_eq!(&firsts[i], first, "sequence {i}: prefill logits depend on the batch");
-        assert_eq!(&nexts[i], next, "sequence {i}: decode logits depend on the batch");
+    let difference = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let (mut prefill, mut decode) = (0f32, 0f32);
+    for (i, (first, _, next)) in alone.iter().enumerate() {
+        prefill = prefill.max(difference(&firsts[i], first));
+        decode = decode.max(difference(&nexts[i], next));
     }
+    // The shortest prompt fed one token at a time.
+    let shortest = prompts.iter().min_by_key(|ids| ids.len()).expect("prompts");
+    let mut cache = loaded.model.new_cache();
+    let mut last = Vec::new();
+    for &id in shortest {
+        last = step(loaded, &mut cache, &[id]);
+    }
+    let mut cache = loaded.model.new_cache();
+    let one_by_one = difference(&last, &step(loaded, &mut cache, shortest));
+    eprintln!(
+        "{}: logits in a batch and alone differ by {prefill:e} (prefill) and {decode:e} (decode); \
+         a prefill and token by token by {one_by_one:e}",
+        loaded.engine
+    );
+    (prefill.max(decode), one_by_one)
 }

@@ -4,15 +4,22 @@
 //! - [`weights`]: GGUF tensors (Q4_1 and Q8_0 kept quantized, other formats dequantized) and
 //!   safetensors checkpoints, under one naming;
 //! - [`llama`]: the native CPU engine, one forward pass over a ragged batch of sequences;
+//! - [`candle_llama`]: the same forward pass in candle tensors, for CUDA (and the CPU, where
+//!   tests check it against the same references as the native engine);
+//! - [`engine`]: either engine behind one `CausalLm`;
 //! - [`gguf_tokenizer`], [`chat_template`], [`codec`]: the text side, self-contained for GGUF
 //!   files (tokenizer and template from the file's metadata).
 //!
-//! [`load_generation`] puts them together into what inferd-core's `GenerationService` serves.
+//! [`load_generation`] puts them together into what inferd-core's `GenerationService` serves:
+//! on the CPU the native engine by default, on CUDA the candle engine (the only one there);
+//! [`GenerationOptions::engine`] picks the other on the CPU.
 
 mod attention;
+pub mod candle_llama;
 pub mod chat_template;
 pub mod codec;
 pub mod config;
+pub mod engine;
 pub mod gguf_tokenizer;
 pub mod kv_cache;
 pub mod llama;
@@ -25,13 +32,15 @@ use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
 use candle_core::utils::get_num_threads;
-use inferd_core::{Device, GenerationInfo};
+use inferd_core::{Device, Engine, GenerationInfo};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
+pub use candle_llama::{CandleCache, CandleLlama};
 pub use chat_template::ChatTemplate;
 pub use codec::LlmCodec;
 pub use config::{LlamaConfig, RopeStyle};
+pub use engine::{LlamaEngine, LlamaEngineCache};
 pub use kv_cache::{KvPrecision, LlamaCache};
 pub use llama::NativeLlama;
 pub use weights::LlamaWeights;
@@ -43,13 +52,17 @@ use crate::source::{ModelSource, read_json, read_text};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerationOptions {
-    /// Threads the engine computes on; every physical core by default.
+    /// Threads the native engine computes on; every physical core by default. (The candle
+    /// engine on the CPU uses candle's own thread pool.)
     pub threads: Option<usize>,
     /// Caps the context (prompt and completion) below what the model was trained for, to bound
     /// key/value memory per sequence.
     pub context_length: Option<usize>,
     /// The GGUF file inside a folder or hub repository holding several.
     pub gguf_file: Option<String>,
+    /// Which engine computes it: `native` (the CPU only; the default there) or `tensor` (candle
+    /// tensors on the model's device; the default, and the only engine, on CUDA).
+    pub engine: Option<Engine>,
 }
 
 /// A generative model loaded and ready to serve.
@@ -59,8 +72,8 @@ pub struct LoadedGeneration {
     /// Its tokenizer and chat template.
     pub codec: Arc<LlmCodec>,
     /// The engine.
-    pub model: NativeLlama,
-    /// How it computes, for metadata (`native (q4_1)`).
+    pub model: LlamaEngine,
+    /// How it computes, for metadata (`native (q4_1)`, `candle (q4_1, cuda)`).
     pub engine: String,
 }
 
@@ -76,23 +89,18 @@ pub fn load_generation(
     device: &Device,
     options: &GenerationOptions,
 ) -> Result<LoadedGeneration, LoadError> {
-    if device.is_cuda() {
-        return Err(LoadError::Device(
-            "text generation runs on the CPU in this version of inferd: set device = \"cpu\" for this model".into(),
-        ));
-    }
-    let threads = options.threads.unwrap_or_else(get_num_threads).max(1);
+    let target = Target::new(device, options)?;
     if let ModelSource::Folder(path) = source
         && path.extension().is_some_and(|ext| ext == "gguf")
     {
         let tokenizer = path.parent().map(|dir| dir.join("tokenizer.json")).filter(|file| file.is_file());
-        return load_gguf(path, tokenizer.as_deref(), threads, options);
+        return load_gguf(path, tokenizer.as_deref(), &target, options);
     }
     let files = source.open()?;
     if let Some(name) = &options.gguf_file {
         let path = files.require(name)?;
         let tokenizer = files.get("tokenizer.json")?;
-        return load_gguf(&path, tokenizer.as_deref(), threads, options);
+        return load_gguf(&path, tokenizer.as_deref(), &target, options);
     }
     if let ModelSource::Folder(root) = source {
         let ggufs: Vec<PathBuf> = std::fs::read_dir(root)
@@ -103,7 +111,7 @@ pub fn load_generation(
         match ggufs.as_slice() {
             [one] => {
                 let tokenizer = files.get("tokenizer.json")?;
-                return load_gguf(one, tokenizer.as_deref(), threads, options);
+                return load_gguf(one, tokenizer.as_deref(), &target, options);
             }
             [] => {}
             _ => {
@@ -111,7 +119,44 @@ pub fn load_generation(
             }
         }
     }
-    load_safetensors(&files, threads, options)
+    load_safetensors(&files, &target, options)
+}
+
+/// Where and how a generative model computes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The native engine on the CPU, on this many threads.
+    Native {
+        /// Threads of the forward pass.
+        threads: usize,
+    },
+    /// The candle engine on this device.
+    Candle(Device),
+}
+
+impl Target {
+    /// The engine `options` ask for on `device` (by default the native engine on the CPU and
+    /// the candle engine elsewhere); the native engine on a GPU is refused.
+    pub fn new(device: &Device, options: &GenerationOptions) -> Result<Self, LoadError> {
+        let on_cpu = device.is_cpu();
+        match options.engine.unwrap_or(if on_cpu { Engine::Native } else { Engine::Tensor }) {
+            Engine::Native if !on_cpu => Err(LoadError::Device(
+                "the native generation engine runs on the CPU only; use engine = \"tensor\" on a GPU".into(),
+            )),
+            Engine::Native => Ok(Self::Native { threads: options.threads.unwrap_or_else(get_num_threads).max(1) }),
+            Engine::Tensor => Ok(Self::Candle(device.clone())),
+        }
+    }
+
+    /// `native (q4_1)`, `candle (q4_1, cuda)`.
+    fn describe(&self, formats: &str) -> String {
+        match self {
+            Self::Native { .. } => format!("native ({formats})"),
+            Self::Candle(device) => {
+                format!("candle ({formats}, {})", if device.is_cpu() { "cpu" } else { "cuda" })
+            }
+        }
+    }
 }
 
 fn context_length(trained: usize, options: &GenerationOptions) -> usize {
@@ -122,7 +167,7 @@ fn context_length(trained: usize, options: &GenerationOptions) -> usize {
 pub fn load_gguf(
     path: &Path,
     tokenizer_json: Option<&Path>,
-    threads: usize,
+    target: &Target,
     options: &GenerationOptions,
 ) -> Result<LoadedGeneration, LoadError> {
     let io = |source| LoadError::Io { path: path.to_path_buf(), source };
@@ -159,10 +204,21 @@ pub fn load_gguf(
     };
     let codec = LlmCodec::new(tokenizer, template, if add_bos { bos_id } else { None });
 
-    let mut tensors = weights::GgufTensors::new(path, file.try_clone().map_err(io)?, &content);
-    let weights = LlamaWeights::load(&mut tensors, &config, true)?;
-    let engine = format!("native ({})", describe_formats(&content));
-    finish(config, weights, codec, stops.into_iter().collect(), engine, threads, KvPrecision::F16)
+    let formats = describe_formats(&content);
+    let model = match target {
+        Target::Native { threads } => {
+            let mut tensors = weights::GgufTensors::new(path, file.try_clone().map_err(io)?, &content);
+            let weights = LlamaWeights::load(&mut tensors, &config, true)?;
+            LlamaEngine::Native(
+                NativeLlama::new(config.clone(), weights, *threads, KvPrecision::F16).map_err(LoadError::Device)?,
+            )
+        }
+        Target::Candle(device) => {
+            let file = file.try_clone().map_err(io)?;
+            LlamaEngine::Candle(CandleLlama::from_gguf(path, file, &content, config.clone(), formats.clone(), device)?)
+        }
+    };
+    finish(&config, model, codec, stops.into_iter().collect(), target.describe(&formats))
 }
 
 /// The weight formats of a GGUF file's matrices, most common first (`q4_1, q8_0`).
@@ -177,13 +233,11 @@ fn describe_formats(content: &gguf_file::Content) -> String {
 }
 
 fn finish(
-    config: LlamaConfig,
-    weights: LlamaWeights,
+    config: &LlamaConfig,
+    model: LlamaEngine,
     codec: LlmCodec,
     stop_ids: Vec<u32>,
     engine: String,
-    threads: usize,
-    kv: KvPrecision,
 ) -> Result<LoadedGeneration, LoadError> {
     let info = GenerationInfo {
         platform: format!("inferd_{}", config.architecture),
@@ -191,7 +245,6 @@ fn finish(
         vocab_size: config.vocab_size,
         stop_ids,
     };
-    let model = NativeLlama::new(config, weights, threads, kv).map_err(LoadError::Device)?;
     Ok(LoadedGeneration { info, codec: Arc::new(codec), model, engine })
 }
 
@@ -202,10 +255,30 @@ pub fn load_llama_safetensors(files: &crate::source::ModelFiles, threads: usize)
     NativeLlama::new(config, weights, threads, KvPrecision::F32).map_err(LoadError::Device)
 }
 
+/// The candle engine on `device` for a Hugging Face checkpoint folder (as
+/// [`load_llama_safetensors`] reads it): `f32` on the CPU, `f16` on CUDA.
+pub fn load_candle_llama_safetensors(
+    files: &crate::source::ModelFiles,
+    device: &Device,
+) -> Result<CandleLlama, LoadError> {
+    let (config, tied, tensors) = read_checkpoint(files, None)?;
+    CandleLlama::from_safetensors(&tensors, config, tied, device)
+}
+
 fn read_safetensors(
     files: &crate::source::ModelFiles,
     options: Option<&GenerationOptions>,
 ) -> Result<(LlamaConfig, LlamaWeights), LoadError> {
+    let (config, tied, mut tensors) = read_checkpoint(files, options)?;
+    let weights = LlamaWeights::load(&mut tensors, &config, tied)?;
+    Ok((config, weights))
+}
+
+/// A checkpoint's configuration, whether its head is tied to the embeddings, and its tensors.
+fn read_checkpoint(
+    files: &crate::source::ModelFiles,
+    options: Option<&GenerationOptions>,
+) -> Result<(LlamaConfig, bool, weights::SafetensorsTensors), LoadError> {
     let config_path = files.require("config.json")?;
     let (mut config, tied) = LlamaConfig::from_hf(&config_path)?;
     if let Some(options) = options {
@@ -223,17 +296,30 @@ fn read_safetensors(
         }
         None => vec![files.require("model.safetensors")?],
     };
-    let mut tensors = weights::SafetensorsTensors::load(&config_path, &shards)?;
-    let weights = LlamaWeights::load(&mut tensors, &config, tied)?;
-    Ok((config, weights))
+    let tensors = weights::SafetensorsTensors::load(&config_path, &shards)?;
+    Ok((config, tied, tensors))
 }
 
 fn load_safetensors(
     files: &crate::source::ModelFiles,
-    threads: usize,
+    target: &Target,
     options: &GenerationOptions,
 ) -> Result<LoadedGeneration, LoadError> {
-    let (config, weights) = read_safetensors(files, Some(options))?;
+    let (config, tied, mut tensors) = read_checkpoint(files, Some(options))?;
+    let (model, format) = match target {
+        Target::Native { threads } => {
+            let weights = LlamaWeights::load(&mut tensors, &config, tied)?;
+            let model =
+                NativeLlama::new(config.clone(), weights, *threads, KvPrecision::F32).map_err(LoadError::Device)?;
+            (LlamaEngine::Native(model), "f32".to_string())
+        }
+        Target::Candle(device) => {
+            let model = CandleLlama::from_safetensors(&tensors, config.clone(), tied, device)?;
+            let format = model.format().to_string();
+            (LlamaEngine::Candle(model), format)
+        }
+    };
+    drop(tensors);
     let tokenizer_path = files.require("tokenizer.json")?;
     let tokenizer =
         Tokenizer::from_file(&tokenizer_path).map_err(|err| LoadError::invalid(&tokenizer_path, err.to_string()))?;
@@ -296,5 +382,5 @@ fn load_safetensors(
     stops.extend(tokenizer.token_to_id(&eos));
     let bos_id = if tokenizer_config.add_bos_token { tokenizer.token_to_id(&bos) } else { None };
     let codec = LlmCodec::new(tokenizer, template, bos_id);
-    finish(config, weights, codec, stops.into_iter().collect(), "native (f32)".into(), threads, KvPrecision::F32)
+    finish(&config, model, codec, stops.into_iter().collect(), target.describe(&format))
 }

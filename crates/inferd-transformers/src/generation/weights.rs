@@ -226,6 +226,11 @@ impl SafetensorsTensors {
         Ok(Self { path: path.to_path_buf(), tensors })
     }
 
+    /// A tensor by its GGUF name (`blk.3.attn_q.weight`), as stored (any dtype, on the CPU).
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(&Self::hf_name(name))
+    }
+
     /// The Hugging Face name of a GGUF-named tensor.
     fn hf_name(name: &str) -> String {
         let Some(rest) = name.strip_prefix("blk.") else {
