@@ -13,21 +13,11 @@ use rayon::prelude::*;
 
 use super::config::LlamaConfig;
 use super::kv_cache::{KvElement, LayerRows, LlamaCache};
+use super::step::Span;
 use crate::kernels;
 
 /// New rows per attention task.
 const ROWS: usize = 16;
-
-/// Where one sequence's rows sit in the step's matrix.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Span {
-    /// Its first row.
-    pub start: usize,
-    /// Its new rows.
-    pub len: usize,
-    /// Tokens already in its cache.
-    pub past: usize,
-}
 
 /// One head's keys or values in a cache: row `i` is `data[i·stride + offset ..][..width]`.
 struct Rows<'a, T> {

@@ -21,6 +21,7 @@ use candle_nn::rotary_emb::{rope, rope_i};
 use inferd_core::{CausalLm, InferError, SequenceStep};
 
 use super::config::{LlamaConfig, RopeStyle};
+use super::step::{Span, lay_out};
 use super::weights::{SafetensorsTensors, TensorSource};
 use crate::error::LoadError;
 
@@ -74,15 +75,6 @@ pub struct CandleLlama {
     sin: Tensor,
     /// What the matrices are stored as (`q4_1`, `f32`, `f16`), for metadata.
     format: String,
-}
-
-/// Where one sequence's rows sit in the step's matrix.
-#[derive(Clone, Copy)]
-struct Span {
-    start: usize,
-    len: usize,
-    /// Tokens already in its cache.
-    past: usize,
 }
 
 /// Tensors by GGUF name (`blk.3.attn_q.weight`), placed on the engine's device.
@@ -275,30 +267,6 @@ impl CandleLlama {
         &self.format
     }
 
-    /// Checks every sequence's new tokens and lays them out.
-    fn spans(&self, batch: &[SequenceStep<'_, CandleCache>]) -> Result<(Vec<Span>, usize), InferError> {
-        let config = &self.config;
-        let mut spans = Vec::with_capacity(batch.len());
-        let mut total = 0;
-        for step in batch {
-            let past = step.cache.len;
-            if step.tokens.is_empty() || past + step.tokens.len() > config.context_length {
-                return Err(InferError::Internal(format!(
-                    "a sequence of {} cached and {} new tokens does not fit the context of {}",
-                    past,
-                    step.tokens.len(),
-                    config.context_length
-                )));
-            }
-            if let Some(&bad) = step.tokens.iter().find(|&&id| id as usize >= config.vocab_size) {
-                return Err(InferError::InvalidInput(format!("token id {bad} is outside the vocabulary")));
-            }
-            spans.push(Span { start: total, len: step.tokens.len(), past });
-            total += step.tokens.len();
-        }
-        Ok((spans, total))
-    }
-
     fn run(
         &self,
         batch: &mut [SequenceStep<'_, CandleCache>],
@@ -446,7 +414,7 @@ impl CausalLm for CandleLlama {
     }
 
     fn forward(&mut self, batch: &mut [SequenceStep<'_, CandleCache>]) -> Result<Vec<Vec<f32>>, InferError> {
-        let (spans, total) = self.spans(batch)?;
+        let (spans, total) = lay_out(&self.config, batch, CandleCache::len)?;
         self.run(batch, &spans, total).map_err(|err| InferError::Internal(format!("forward pass: {err}")))
     }
 }

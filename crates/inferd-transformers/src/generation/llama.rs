@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use inferd_core::{CausalLm, InferError, SequenceStep};
 
-use super::attention::{Span, attend, dot};
+use super::attention::{attend, dot};
 use super::config::{LlamaConfig, RopeStyle};
 use super::kv_cache::{KvPrecision, LlamaCache};
+use super::step::lay_out;
 use super::weights::LlamaWeights;
 use crate::kernels;
 use crate::quant::QuantizedRows;
@@ -65,24 +66,7 @@ impl NativeLlama {
         let qkv_size = q_size + 2 * kv_size;
         let inter = config.intermediate_size;
 
-        let mut spans = Vec::with_capacity(batch.len());
-        let mut total = 0;
-        for step in batch.iter() {
-            let past = step.cache.len();
-            if step.tokens.is_empty() || past + step.tokens.len() > config.context_length {
-                return Err(InferError::Internal(format!(
-                    "a sequence of {} cached and {} new tokens does not fit the context of {}",
-                    past,
-                    step.tokens.len(),
-                    config.context_length
-                )));
-            }
-            if let Some(&bad) = step.tokens.iter().find(|&&id| id as usize >= config.vocab_size) {
-                return Err(InferError::InvalidInput(format!("token id {bad} is outside the vocabulary")));
-            }
-            spans.push(Span { start: total, len: step.tokens.len(), past });
-            total += step.tokens.len();
-        }
+        let (spans, total) = lay_out(config, batch, LlamaCache::len)?;
 
         // Embeddings, and the rotation of every row's position.
         let mut x = vec![0f32; total * h];

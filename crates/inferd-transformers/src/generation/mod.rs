@@ -23,6 +23,7 @@ pub mod engine;
 pub mod gguf_tokenizer;
 pub mod kv_cache;
 pub mod llama;
+mod step;
 pub mod weights;
 
 use std::collections::BTreeSet;
