@@ -2,9 +2,11 @@
 //!
 //! Work is split into tasks per sequence, key/value head and up to [`ROWS`] new rows, so that
 //! the query heads sharing a key/value head read its keys and values together and long prompts
-//! still spread over the threads. Every row is computed by the same instructions whatever the
-//! batch: scores are dot products in eight lanes added in a fixed order ([`dot`]), four keys at
-//! a time but each key on its own; the weighted sum of values runs over the keys in order.
+//! still spread over the threads. Within a task, up to three of those query heads are computed
+//! at once, so that each cached key and value is loaded (and converted from `f16`) once for all
+//! of them. Every row is computed by the same instructions whatever the batch: scores are dot
+//! products in eight lanes added in a fixed order ([`dot`]), four keys and three heads at a time
+//! but each pair on its own; the weighted sum of values runs over the keys in order.
 
 #![allow(unsafe_code)]
 
@@ -106,100 +108,171 @@ impl Task<'_> {
         let keys = Rows { data: keys, stride, offset: self.kv * hd };
         let values = Rows { data: values, stride, offset: self.kv * hd };
         let mut result = vec![0f32; self.rows * self.group * hd];
-        let mut scores = Vec::with_capacity(self.span.past + self.span.len);
-        let mut query = vec![0f32; hd];
+        let mut scores = Vec::with_capacity(QUERIES * (self.span.past + self.span.len));
+        let mut queries = vec![0f32; QUERIES * hd];
         for (i, outputs) in result.chunks_exact_mut(self.group * hd).enumerate() {
             let row = self.span.start + self.first + i;
             let visible = self.span.past + self.first + i + 1;
-            for (g, output) in outputs.chunks_exact_mut(hd).enumerate() {
-                let head = self.kv * self.group + g;
-                query.copy_from_slice(&self.qkv[row * self.qkv_size + head * hd..][..hd]);
-                T::round_slice(&mut query);
-                attend_row(&query, keys, values, visible, self.scale, &mut scores, output);
+            let heads = &self.qkv[row * self.qkv_size + self.kv * self.group * hd..][..self.group * hd];
+            for (heads, outputs) in heads.chunks(QUERIES * hd).zip(outputs.chunks_mut(QUERIES * hd)) {
+                let queries = &mut queries[..heads.len()];
+                queries.copy_from_slice(heads);
+                T::round_slice(queries);
+                let attend = match heads.len() / hd {
+                    1 => attend_heads::<T, 1>,
+                    2 => attend_heads::<T, 2>,
+                    _ => attend_heads::<T, QUERIES>,
+                };
+                attend(queries, keys, values, visible, self.scale, &mut scores, outputs);
             }
         }
         result
     }
 }
 
-/// One query row's attention over the first `visible` keys and values. The query and the
-/// attention weights are rounded to the cache's precision first ([`KvElement::round_slice`]).
-fn attend_row<T: KvElement>(
-    query: &[f32],
+/// Query heads of one key/value head computed together: each key and value is loaded (and
+/// converted from `f16`) once for all of them.
+const QUERIES: usize = 3;
+
+/// The attention of `N` query heads (`queries`, `[N × head_dim]`, already rounded to the cache's
+/// precision) over the first `visible` keys and values they share, into `outputs`
+/// (`[N × head_dim]`). Each head's attention weights are rounded to the cache's precision
+/// ([`KvElement::round_slice`]) before the weighted sum.
+fn attend_heads<T: KvElement, const N: usize>(
+    queries: &[f32],
     keys: Rows<'_, T>,
     values: Rows<'_, T>,
     visible: usize,
     scale: f32,
     scores: &mut Vec<f32>,
-    output: &mut [f32],
+    outputs: &mut [f32],
 ) {
     scores.clear();
-    scores.resize(visible, 0.0);
-    key_scores(query, keys, scale, scores);
-    kernels::softmax(scores);
-    T::round_slice(scores);
-    weighted_sum(scores, values, output);
+    scores.resize(N * visible, 0.0);
+    key_scores::<T, N>(queries, keys, scale, scores);
+    for head in scores.chunks_exact_mut(visible) {
+        kernels::softmax(head);
+        T::round_slice(head);
+    }
+    weighted_sum::<T, N>(scores, values, outputs);
 }
 
-/// `scores[i] = (query · key i) · scale`, four keys at a time, each key through [`dot`]'s
-/// arithmetic.
-fn key_scores<T: KvElement>(query: &[f32], keys: Rows<'_, T>, scale: f32, scores: &mut [f32]) {
-    let width = query.len();
-    let mut quads = scores.chunks_exact_mut(4);
+/// `scores[h·visible + i] = (query h · key i) · scale`, four keys at a time, each pair through
+/// [`dot`]'s arithmetic.
+fn key_scores<T: KvElement, const N: usize>(queries: &[f32], keys: Rows<'_, T>, scale: f32, scores: &mut [f32]) {
+    let width = queries.len() / N;
+    let visible = scores.len() / N;
     let mut i = 0;
-    for quad in &mut quads {
-        let rows = [keys.row(i), keys.row(i + 1), keys.row(i + 2), keys.row(i + 3)];
-        let dots = dot4(query, rows.map(|row| &row[..width]));
-        for (score, value) in quad.iter_mut().zip(dots) {
-            *score = value * scale;
+    while i + 4 <= visible {
+        for ahead in i + PREFETCH_ROWS..(i + PREFETCH_ROWS + 4).min(visible) {
+            prefetch_row(keys, ahead, width);
         }
+        let rows = [keys.row(i), keys.row(i + 1), keys.row(i + 2), keys.row(i + 3)];
+        store_scores(&dots::<T, N, 4>(queries, rows.map(|row| &row[..width])), scores, visible, i, scale);
         i += 4;
     }
-    for score in quads.into_remainder() {
-        *score = dot4(query, [&keys.row(i)[..width]])[0] * scale;
+    while i < visible {
+        store_scores(&dots::<T, N, 1>(queries, [&keys.row(i)[..width]]), scores, visible, i, scale);
         i += 1;
     }
 }
 
-/// `output = Σ scores[i] · value i`, over the keys in order (each column its own sum of fused
-/// multiply-adds).
-fn weighted_sum<T: KvElement>(scores: &[f32], values: Rows<'_, T>, output: &mut [f32]) {
-    let width = output.len();
-    let done = weighted_sum_chunks(scores, values, output);
+/// How many keys or values ahead of the one being read its row is prefetched. A sequence's
+/// cache is read once per step and layer, usually from memory (the weights streamed through
+/// the caches since); without the hint each row's lines are waited for in turn.
+const PREFETCH_ROWS: usize = 8;
+
+/// Hints the cache lines of row `i`'s first `width` values into the first-level cache.
+#[inline(always)]
+fn prefetch_row<T>(rows: Rows<'_, T>, i: usize, width: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let row = &rows.row(i)[..width];
+        let bytes = std::mem::size_of_val(row);
+        let start = row.as_ptr() as *const i8;
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch only hints the cache and never faults; the address is inside
+            // the row.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (rows, i, width);
+}
+
+/// Puts the scaled dot products of `N` heads with keys `first..first + K` in their places.
+#[inline(always)]
+fn store_scores<const N: usize, const K: usize>(
+    dots: &[[f32; K]; N],
+    scores: &mut [f32],
+    visible: usize,
+    first: usize,
+    scale: f32,
+) {
+    for (head, dots) in dots.iter().enumerate() {
+        for (k, value) in dots.iter().enumerate() {
+            scores[head * visible + first + k] = value * scale;
+        }
+    }
+}
+
+/// `outputs[h] = Σᵢ scores[h·visible + i] · value i` for each of the `N` heads, over the keys
+/// in order (each column its own sum of fused multiply-adds).
+fn weighted_sum<T: KvElement, const N: usize>(scores: &[f32], values: Rows<'_, T>, outputs: &mut [f32]) {
+    let width = outputs.len() / N;
+    let visible = scores.len() / N;
+    let done = weighted_sum_chunks::<T, N>(scores, values, outputs);
     if done < width {
-        let rest = &mut output[done..];
-        rest.fill(0.0);
-        for (i, &weight) in scores.iter().enumerate() {
-            for (o, &v) in rest.iter_mut().zip(&values.row(i)[done..width]) {
-                *o = weight.mul_add(v.to_f32(), *o);
+        for (weights, output) in scores.chunks_exact(visible).zip(outputs.chunks_exact_mut(width)) {
+            let rest = &mut output[done..];
+            rest.fill(0.0);
+            for (i, &weight) in weights.iter().enumerate() {
+                for (o, &v) in rest.iter_mut().zip(&values.row(i)[done..width]) {
+                    *o = weight.mul_add(v.to_f32(), *o);
+                }
             }
         }
     }
 }
 
-/// [`weighted_sum`] over the leading columns in chunks of 64 whose sums stay in registers;
-/// returns the columns done.
+/// [`weighted_sum`] over the leading columns in chunks of 32 whose `N` heads' sums stay in
+/// registers; returns the columns done.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-fn weighted_sum_chunks<T: KvElement>(scores: &[f32], values: Rows<'_, T>, output: &mut [f32]) -> usize {
+fn weighted_sum_chunks<T: KvElement, const N: usize>(
+    scores: &[f32],
+    values: Rows<'_, T>,
+    outputs: &mut [f32],
+) -> usize {
     use std::arch::x86_64::*;
-    const CHUNK: usize = 64;
-    let width = output.len();
+    const CHUNK: usize = 32;
+    let width = outputs.len() / N;
+    let visible = scores.len() / N;
+    assert!(outputs.len() == N * width && scores.len() == N * visible);
     let mut start = 0;
     while start + CHUNK <= width {
         // SAFETY: AVX2 and FMA are enabled at compile time; each load reads 8 values of a row
-        // slice checked to hold `start + 64` of them, and each store 8 floats of `output`
-        // (`start + 64 ≤ width`).
+        // slice checked to hold `start + 32` of them, and each store 8 floats of head `h`'s
+        // output (`h·width + start + 32 ≤ N·width`, asserted).
         unsafe {
-            let mut sum = [_mm256_setzero_ps(); CHUNK / 8];
-            for (i, &weight) in scores.iter().enumerate() {
+            let mut sum = [[_mm256_setzero_ps(); CHUNK / 8]; N];
+            for i in 0..visible {
+                if start == 0 && i + PREFETCH_ROWS < visible {
+                    prefetch_row(values, i + PREFETCH_ROWS, width);
+                }
                 let row = &values.row(i)[..start + CHUNK];
-                let weight = _mm256_set1_ps(weight);
-                for (lane, sum) in sum.iter_mut().enumerate() {
-                    *sum = _mm256_fmadd_ps(weight, T::load8(row.as_ptr().add(start + 8 * lane)), *sum);
+                let weights: [__m256; N] = std::array::from_fn(|h| _mm256_set1_ps(scores[h * visible + i]));
+                for lane in 0..CHUNK / 8 {
+                    let value = T::load8(row.as_ptr().add(start + 8 * lane));
+                    for (sums, weight) in sum.iter_mut().zip(&weights) {
+                        sums[lane] = _mm256_fmadd_ps(*weight, value, sums[lane]);
+                    }
                 }
             }
-            for (lane, sum) in sum.iter().enumerate() {
-                _mm256_storeu_ps(output.as_mut_ptr().add(start + 8 * lane), *sum);
+            for (h, sums) in sum.iter().enumerate() {
+                for (lane, sum) in sums.iter().enumerate() {
+                    _mm256_storeu_ps(outputs.as_mut_ptr().add(h * width + start + 8 * lane), *sum);
+                }
             }
         }
         start += CHUNK;
@@ -209,7 +282,11 @@ fn weighted_sum_chunks<T: KvElement>(scores: &[f32], values: Rows<'_, T>, output
 
 /// [`weighted_sum`]'s chunks (scalar: none; the caller's loop does every column).
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-fn weighted_sum_chunks<T: KvElement>(_scores: &[f32], _values: Rows<'_, T>, _output: &mut [f32]) -> usize {
+fn weighted_sum_chunks<T: KvElement, const N: usize>(
+    _scores: &[f32],
+    _values: Rows<'_, T>,
+    _outputs: &mut [f32],
+) -> usize {
     0
 }
 
@@ -217,62 +294,76 @@ fn weighted_sum_chunks<T: KvElement>(_scores: &[f32], _values: Rows<'_, T>, _out
 /// `((p₀+p₄)+(p₁+p₅))+((p₂+p₆)+(p₃+p₇))`, then the elements past the last chunk in order.
 #[inline(always)]
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot4(a, [b; 1])[0]
+    dots::<f32, 1, 1>(a, [b])[0][0]
 }
 
-/// [`dot`] of `a` with each of `N` vectors (the same arithmetic, `a` loaded once).
+/// [`dot`] of each of `N` vectors laid end to end in `a` with each of `K` vectors (the same
+/// arithmetic for every pair; each vector loaded once).
 #[inline(always)]
-fn dot4<T: KvElement, const N: usize>(a: &[f32], bs: [&[T]; N]) -> [f32; N] {
-    let len = a.len();
-    assert!(bs.iter().all(|b| b.len() == len), "dot: lengths differ");
+fn dots<T: KvElement, const N: usize, const K: usize>(a: &[f32], bs: [&[T]; K]) -> [[f32; K]; N] {
+    let len = a.len() / N;
+    assert!(a.len() == N * len && bs.iter().all(|b| b.len() == len), "dot: lengths differ");
     let chunks = len / 8 * 8;
-    let mut totals = lanes(a, bs, chunks);
-    for (total, b) in totals.iter_mut().zip(bs) {
-        for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
-            *total += x * y.to_f32();
+    let mut totals = lanes::<T, N, K>(a, bs, chunks);
+    for (totals, a) in totals.iter_mut().zip(a.chunks_exact(len)) {
+        for (total, b) in totals.iter_mut().zip(bs) {
+            for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
+                *total += x * y.to_f32();
+            }
         }
     }
     totals
 }
 
-/// The chunked part of [`dot4`], in AVX2.
+/// The chunked part of [`dots`], in AVX2.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 #[inline(always)]
-fn lanes<T: KvElement, const N: usize>(a: &[f32], bs: [&[T]; N], chunks: usize) -> [f32; N] {
+fn lanes<T: KvElement, const N: usize, const K: usize>(a: &[f32], bs: [&[T]; K], chunks: usize) -> [[f32; K]; N] {
     use std::arch::x86_64::*;
+    let len = a.len() / N;
     // SAFETY: AVX2 and FMA are enabled at compile time; loads read 8 floats at offsets below
-    // `chunks` ≤ the length of `a` and of every `b` (asserted by the caller).
+    // `chunks` ≤ the length of every `b` and of each of `a`'s `N` vectors (asserted by the
+    // caller).
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc = [[_mm256_setzero_ps(); K]; N];
         let mut k = 0;
         while k < chunks {
-            let x = _mm256_loadu_ps(a.as_ptr().add(k));
-            for (acc, b) in acc.iter_mut().zip(&bs) {
-                *acc = _mm256_fmadd_ps(x, T::load8(b.as_ptr().add(k)), *acc);
+            let xs: [__m256; N] = std::array::from_fn(|h| _mm256_loadu_ps(a.as_ptr().add(h * len + k)));
+            for (key, b) in bs.iter().enumerate() {
+                let y = T::load8(b.as_ptr().add(k));
+                for (acc, x) in acc.iter_mut().zip(&xs) {
+                    acc[key] = _mm256_fmadd_ps(*x, y, acc[key]);
+                }
             }
             k += 8;
         }
         acc.map(|acc| {
-            // (p₀+p₄, p₁+p₅, p₂+p₆, p₃+p₇), then (s₀+s₁) + (s₂+s₃).
-            let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-            let u = _mm_add_ps(s, _mm_shuffle_ps(s, s, 0b10_11_00_01));
-            _mm_cvtss_f32(_mm_add_ss(u, _mm_movehl_ps(u, u)))
+            acc.map(|acc| {
+                // (p₀+p₄, p₁+p₅, p₂+p₆, p₃+p₇), then (s₀+s₁) + (s₂+s₃).
+                let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+                let u = _mm_add_ps(s, _mm_shuffle_ps(s, s, 0b10_11_00_01));
+                _mm_cvtss_f32(_mm_add_ss(u, _mm_movehl_ps(u, u)))
+            })
         })
     }
 }
 
-/// The chunked part of [`dot4`] (scalar, the same arithmetic as the AVX2 path).
+/// The chunked part of [`dots`] (scalar, the same arithmetic as the AVX2 path).
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
 #[inline(always)]
-fn lanes<T: KvElement, const N: usize>(a: &[f32], bs: [&[T]; N], chunks: usize) -> [f32; N] {
-    bs.map(|b| {
-        let mut p = [0f32; 8];
-        for (x, y) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-            for lane in 0..8 {
-                p[lane] = x[lane].mul_add(y[lane].to_f32(), p[lane]);
+fn lanes<T: KvElement, const N: usize, const K: usize>(a: &[f32], bs: [&[T]; K], chunks: usize) -> [[f32; K]; N] {
+    let len = a.len() / N;
+    std::array::from_fn(|h| {
+        let a = &a[h * len..(h + 1) * len];
+        bs.map(|b| {
+            let mut p = [0f32; 8];
+            for (x, y) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+                for lane in 0..8 {
+                    p[lane] = x[lane].mul_add(y[lane].to_f32(), p[lane]);
+                }
             }
-        }
-        ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]))
+            ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]))
+        })
     })
 }
 
@@ -281,14 +372,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn four_keys_at_a_time_equal_one_at_a_time() {
-        let a: Vec<f32> = (0..67).map(|i| (i as f32 * 0.37).sin()).collect();
+    fn heads_and_keys_together_equal_one_pair_at_a_time() {
+        let a: Vec<f32> = (0..3 * 67).map(|i| (i as f32 * 0.37).sin()).collect();
         let bs: Vec<Vec<f32>> = (0..4).map(|k| (0..67).map(|i| (i as f32 * 0.11 + k as f32).cos()).collect()).collect();
-        let together = dot4(&a, [&bs[0][..], &bs[1][..], &bs[2][..], &bs[3][..]]);
-        for (k, b) in bs.iter().enumerate() {
-            assert_eq!(together[k], dot(&a, b));
-            let exact: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-            assert!((f64::from(together[k]) - exact).abs() < 1e-5, "{} vs {exact}", together[k]);
+        let together = dots::<f32, 3, 4>(&a, [&bs[0][..], &bs[1][..], &bs[2][..], &bs[3][..]]);
+        for (h, query) in a.chunks_exact(67).enumerate() {
+            for (k, b) in bs.iter().enumerate() {
+                assert_eq!(together[h][k], dot(query, b));
+                let exact: f64 = query.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+                assert!((f64::from(together[h][k]) - exact).abs() < 1e-5, "{} vs {exact}", together[h][k]);
+            }
+        }
+    }
+
+    #[test]
+    fn heads_attended_together_equal_heads_attended_alone() {
+        use half::f16;
+        // 3 heads of width 72 (two vector chunks and a scalar remainder), 11 cached tokens.
+        let (width, tokens) = (72, 11);
+        let stored: Vec<f16> = (0..tokens * width).map(|i| f16::from_f32((i as f32 * 0.013).sin())).collect();
+        let values: Vec<f16> = (0..tokens * width).map(|i| f16::from_f32((i as f32 * 0.029).cos())).collect();
+        let keys = Rows { data: &stored[..], stride: width, offset: 0 };
+        let values = Rows { data: &values[..], stride: width, offset: 0 };
+        let mut queries: Vec<f32> = (0..3 * width).map(|i| (i as f32 * 0.05).cos() * 2.0).collect();
+        f16::round_slice(&mut queries);
+        let (mut scores, mut together) = (Vec::new(), vec![0f32; 3 * width]);
+        attend_heads::<f16, 3>(&queries, keys, values, tokens, 0.125, &mut scores, &mut together);
+        for (query, expected) in queries.chunks_exact(width).zip(together.chunks_exact(width)) {
+            let mut alone = vec![0f32; width];
+            attend_heads::<f16, 1>(query, keys, values, tokens, 0.125, &mut scores, &mut alone);
+            assert_eq!(alone, expected);
         }
     }
 }
