@@ -185,20 +185,8 @@ const PREFETCH_ROWS: usize = 8;
 /// Hints the cache lines of row `i`'s first `width` values into the first-level cache.
 #[inline(always)]
 fn prefetch_row<T>(rows: Rows<'_, T>, i: usize, width: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let row = &rows.row(i)[..width];
-        let bytes = std::mem::size_of_val(row);
-        let start = row.as_ptr() as *const i8;
-        for offset in (0..bytes).step_by(64) {
-            // SAFETY: a prefetch only hints the cache and never faults; the address is inside
-            // the row.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (rows, i, width);
+    let row = &rows.row(i)[..width];
+    kernels::prefetch(row.as_ptr().cast(), std::mem::size_of_val(row));
 }
 
 /// Puts the scaled dot products of `N` heads with keys `first..first + K` in their places.

@@ -46,20 +46,6 @@ const Q8_0_GROUP_BYTES: usize = group_block_bytes(BlockFormat::Q8_0);
 /// 11–17% off a step's products, at 1 row and at 8; 1920 is in the middle.
 const PREFETCH_AHEAD: usize = 1920;
 
-/// Hints the cache lines of the block `PREFETCH_AHEAD` bytes after `block` (which is `bytes`
-/// long) into the first-level cache. Past the end of the weights the hint is a no-op: a
-/// prefetch never faults.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-#[inline(always)]
-fn prefetch_ahead(block: *const u8, bytes: usize) {
-    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-    for line in 0..bytes.div_ceil(64) {
-        // SAFETY: a prefetch only hints the cache; it reads nothing and never faults, whatever
-        // the address (computed with wrapping arithmetic, so never out of bounds as a pointer).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD + 64 * line) as *const i8) };
-    }
-}
-
 /// A Q4_1 or Q8_0 matrix whose rows are interleaved by groups of [`GROUP`] (the last group
 /// padded with zero rows, which are computed and not written).
 #[derive(Debug, Clone)]
@@ -226,7 +212,7 @@ fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..blocks {
             let base = weights.as_ptr().add(b * Q4_1_GROUP_BYTES);
-            prefetch_ahead(base, Q4_1_GROUP_BYTES);
+            crate::kernels::prefetch(base.wrapping_add(PREFETCH_AHEAD), Q4_1_GROUP_BYTES);
             let index = start + b * TILE;
             let activations = x.values.as_ptr().add(index * BLOCK);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(base as *const __m128i));
@@ -301,7 +287,7 @@ fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..blocks {
             let base = weights.as_ptr().add(b * Q8_0_GROUP_BYTES);
-            prefetch_ahead(base, Q8_0_GROUP_BYTES);
+            crate::kernels::prefetch(base.wrapping_add(PREFETCH_AHEAD), Q8_0_GROUP_BYTES);
             let index = start + b * TILE;
             let activations = x.values.as_ptr().add(index * BLOCK);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(base as *const __m128i));
