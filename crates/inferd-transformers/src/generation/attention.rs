@@ -21,11 +21,10 @@ use crate::kernels;
 /// New rows per attention task.
 const ROWS: usize = 16;
 
-/// One head's keys or values in a cache: row `i` is `data[i·stride + offset ..][..width]`.
+/// One head's cached keys or values: row `i` is `data[i·width..][..width]`.
 struct Rows<'a, T> {
     data: &'a [T],
-    stride: usize,
-    offset: usize,
+    width: usize,
 }
 
 impl<T> Clone for Rows<'_, T> {
@@ -37,7 +36,7 @@ impl<T> Copy for Rows<'_, T> {}
 
 impl<T> Rows<'_, T> {
     fn row(&self, i: usize) -> &[T] {
-        &self.data[i * self.stride + self.offset..]
+        &self.data[i * self.width..][..self.width]
     }
 }
 
@@ -72,8 +71,8 @@ pub(super) fn attend(
             let rows = ROWS.min(span.len - first);
             let task = Task { qkv, qkv_size, span, first, rows, kv, group, head_dim: hd, scale };
             match batch[s].cache.layer(layer) {
-                LayerRows::F16(keys, values) => task.run(keys, values, kv_size),
-                LayerRows::F32(keys, values) => task.run(keys, values, kv_size),
+                LayerRows::F16(keys, values) => task.run(keys.head(kv), values.head(kv)),
+                LayerRows::F32(keys, values) => task.run(keys.head(kv), values.head(kv)),
             }
         })
         .collect();
@@ -102,11 +101,12 @@ struct Task<'a> {
 }
 
 impl Task<'_> {
-    /// `[rows × group × head_dim]`, against the cache's keys and values (`[tokens × stride]`).
-    fn run<T: KvElement>(&self, keys: &[T], values: &[T], stride: usize) -> Vec<f32> {
+    /// `[rows × group × head_dim]`, against the key/value head's cached keys and values
+    /// (`[tokens × head_dim]` each).
+    fn run<T: KvElement>(&self, keys: &[T], values: &[T]) -> Vec<f32> {
         let hd = self.head_dim;
-        let keys = Rows { data: keys, stride, offset: self.kv * hd };
-        let values = Rows { data: values, stride, offset: self.kv * hd };
+        let keys = Rows { data: keys, width: hd };
+        let values = Rows { data: values, width: hd };
         let mut result = vec![0f32; self.rows * self.group * hd];
         let mut scores = Vec::with_capacity(QUERIES * (self.span.past + self.span.len));
         let mut queries = vec![0f32; QUERIES * hd];
@@ -160,19 +160,18 @@ fn attend_heads<T: KvElement, const N: usize>(
 /// `scores[h·visible + i] = (query h · key i) · scale`, four keys at a time, each pair through
 /// [`dot`]'s arithmetic.
 fn key_scores<T: KvElement, const N: usize>(queries: &[f32], keys: Rows<'_, T>, scale: f32, scores: &mut [f32]) {
-    let width = queries.len() / N;
     let visible = scores.len() / N;
     let mut i = 0;
     while i + 4 <= visible {
         for ahead in i + PREFETCH_ROWS..(i + PREFETCH_ROWS + 4).min(visible) {
-            prefetch_row(keys, ahead, width);
+            prefetch_row(keys, ahead);
         }
         let rows = [keys.row(i), keys.row(i + 1), keys.row(i + 2), keys.row(i + 3)];
-        store_scores(&dots::<T, N, 4>(queries, rows.map(|row| &row[..width])), scores, visible, i, scale);
+        store_scores(&dots::<T, N, 4>(queries, rows), scores, visible, i, scale);
         i += 4;
     }
     while i < visible {
-        store_scores(&dots::<T, N, 1>(queries, [&keys.row(i)[..width]]), scores, visible, i, scale);
+        store_scores(&dots::<T, N, 1>(queries, [keys.row(i)]), scores, visible, i, scale);
         i += 1;
     }
 }
@@ -182,10 +181,10 @@ fn key_scores<T: KvElement, const N: usize>(queries: &[f32], keys: Rows<'_, T>, 
 /// the caches since); without the hint each row's lines are waited for in turn.
 const PREFETCH_ROWS: usize = 8;
 
-/// Hints the cache lines of row `i`'s first `width` values into the first-level cache.
+/// Hints the cache lines of row `i` into the first-level cache.
 #[inline(always)]
-fn prefetch_row<T>(rows: Rows<'_, T>, i: usize, width: usize) {
-    let row = &rows.row(i)[..width];
+fn prefetch_row<T>(rows: Rows<'_, T>, i: usize) {
+    let row = rows.row(i);
     kernels::prefetch(row.as_ptr().cast(), std::mem::size_of_val(row));
 }
 
@@ -216,7 +215,7 @@ fn weighted_sum<T: KvElement, const N: usize>(scores: &[f32], values: Rows<'_, T
             let rest = &mut output[done..];
             rest.fill(0.0);
             for (i, &weight) in weights.iter().enumerate() {
-                for (o, &v) in rest.iter_mut().zip(&values.row(i)[done..width]) {
+                for (o, &v) in rest.iter_mut().zip(&values.row(i)[done..]) {
                     *o = weight.mul_add(v.to_f32(), *o);
                 }
             }
@@ -246,7 +245,7 @@ fn weighted_sum_chunks<T: KvElement, const N: usize>(
             let mut sum = [[_mm256_setzero_ps(); CHUNK / 8]; N];
             for i in 0..visible {
                 if start == 0 && i + PREFETCH_ROWS < visible {
-                    prefetch_row(values, i + PREFETCH_ROWS, width);
+                    prefetch_row(values, i + PREFETCH_ROWS);
                 }
                 let row = &values.row(i)[..start + CHUNK];
                 let weights: [__m256; N] = std::array::from_fn(|h| _mm256_set1_ps(scores[h * visible + i]));
@@ -380,8 +379,8 @@ mod tests {
         let (width, tokens) = (72, 11);
         let stored: Vec<f16> = (0..tokens * width).map(|i| f16::from_f32((i as f32 * 0.013).sin())).collect();
         let values: Vec<f16> = (0..tokens * width).map(|i| f16::from_f32((i as f32 * 0.029).cos())).collect();
-        let keys = Rows { data: &stored[..], stride: width, offset: 0 };
-        let values = Rows { data: &values[..], stride: width, offset: 0 };
+        let keys = Rows { data: &stored[..], width };
+        let values = Rows { data: &values[..], width };
         let mut queries: Vec<f32> = (0..3 * width).map(|i| (i as f32 * 0.05).cos() * 2.0).collect();
         f16::round_slice(&mut queries);
         let (mut scores, mut together) = (Vec::new(), vec![0f32; 3 * width]);

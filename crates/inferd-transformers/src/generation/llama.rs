@@ -140,7 +140,7 @@ impl CausalLm for NativeLlama {
     type Cache = LlamaCache;
 
     fn new_cache(&self) -> LlamaCache {
-        LlamaCache::new(self.kv)
+        LlamaCache::new(self.kv, self.config.head_dim)
     }
 
     fn forward(&mut self, batch: &mut [SequenceStep<'_, LlamaCache>]) -> Result<Vec<Vec<f32>>, InferError> {
