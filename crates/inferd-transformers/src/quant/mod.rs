@@ -209,10 +209,11 @@ impl QuantizedRows {
         self.scales.resize(blocks, 0.0);
         self.sums.resize(blocks, 0.0);
         self.values.resize(blocks * BLOCK, 0);
-        let quantize_tile = |(tile, ((values, scales), sums)): (usize, TileParts<'_>)| {
+        // Blocks `first..` of tile `tile`, into slices that start at that block.
+        let quantize_part = |tile: usize, first: usize, ((values, scales), sums): TileParts<'_>| {
             for t in 0..TILE.min(rows - tile * TILE) {
                 let row = &x[(tile * TILE + t) * columns..][..columns];
-                for (b, block) in row.chunks_exact(BLOCK).enumerate() {
+                for (b, block) in row.chunks_exact(BLOCK).skip(first).take(scales.len() / TILE).enumerate() {
                     let index = b * TILE + t;
                     let (d, total) = quantize_block(block, &mut values[index * BLOCK..(index + 1) * BLOCK]);
                     // Scales rounded to f16 as llama.cpp stores them, so that both compute alike.
@@ -221,17 +222,26 @@ impl QuantizedRows {
                 }
             }
         };
-        let tiles = self
-            .values
-            .par_chunks_mut(tile_blocks * BLOCK)
-            .zip(self.scales.par_chunks_mut(tile_blocks))
-            .zip(self.sums.par_chunks_mut(tile_blocks))
-            .enumerate();
         if rows > TILE {
-            tiles.for_each(quantize_tile);
+            self.values
+                .par_chunks_mut(tile_blocks * BLOCK)
+                .zip(self.scales.par_chunks_mut(tile_blocks))
+                .zip(self.sums.par_chunks_mut(tile_blocks))
+                .enumerate()
+                .for_each(|(tile, parts)| quantize_part(tile, 0, parts));
+        } else if rows > 1 {
+            // One tile: its blocks split between the threads (several rows are worth a
+            // dispatch; one row is not).
+            let per_part = per_row.div_ceil(rayon::current_num_threads()).max(1);
+            self.values[..tile_blocks * BLOCK]
+                .par_chunks_mut(per_part * TILE * BLOCK)
+                .zip(self.scales[..tile_blocks].par_chunks_mut(per_part * TILE))
+                .zip(self.sums[..tile_blocks].par_chunks_mut(per_part * TILE))
+                .enumerate()
+                .for_each(|(part, parts)| quantize_part(0, part * per_part, parts));
         } else {
             let values = &mut self.values[..tile_blocks * BLOCK];
-            quantize_tile((0, ((values, &mut self.scales[..tile_blocks]), &mut self.sums[..tile_blocks])));
+            quantize_part(0, 0, ((values, &mut self.scales[..tile_blocks]), &mut self.sums[..tile_blocks]));
         }
     }
 
