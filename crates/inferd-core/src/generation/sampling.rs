@@ -116,6 +116,8 @@ pub struct Sampler {
     generated: HashMap<u32, u32>,
     /// Every token seen, prompt included (repetition penalty).
     seen: HashSet<u32>,
+    /// Scratch: each token's weight in the last draw, kept to reuse its memory.
+    weights: Vec<f64>,
 }
 
 impl Sampler {
@@ -131,7 +133,7 @@ impl Sampler {
             nanos ^ (&local as *const u8 as u64).rotate_left(32)
         });
         let seen = if params.repetition_penalty == 1.0 { HashSet::new() } else { prompt.iter().copied().collect() };
-        Self { params, random: Random(seed), generated: HashMap::new(), seen }
+        Self { params, random: Random(seed), generated: HashMap::new(), seen, weights: Vec::new() }
     }
 
     /// Chooses the next token from `logits` (changed in place by the penalties), with its
@@ -167,44 +169,93 @@ impl Sampler {
     }
 
     /// Temperature, top-k and top-p, then a draw from what is left.
+    ///
+    /// Nothing here sorts the whole vocabulary (49,152 tokens for SmolLM2, several milliseconds
+    /// per token, on the scheduler's thread while the model waits): without truncation the draw
+    /// walks the tokens in id order, top-k sorts only its k tokens, and top-p sorts the most
+    /// likely tokens a few at a time until they reach p.
     fn draw(&mut self, logits: &[f32]) -> u32 {
-        let mut candidates: Vec<(u32, f32)> =
-            logits.iter().enumerate().filter(|(_, logit)| logit.is_finite()).map(|(id, &l)| (id as u32, l)).collect();
-        if candidates.is_empty() {
+        let max = logits.iter().copied().filter(|l| l.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
             return 0;
         }
-        // Most likely first, lowest id first among equals: the order decides truncation.
-        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if self.params.top_k > 0 {
-            candidates.truncate(self.params.top_k);
-        }
+        // Every token's weight, once: exp((logit − max) / temperature), 0 for non-finite logits.
         let inverse_temperature = 1.0 / f64::from(self.params.temperature);
-        let max = f64::from(candidates[0].1);
-        let mut weights: Vec<f64> =
-            candidates.iter().map(|&(_, logit)| ((f64::from(logit) - max) * inverse_temperature).exp()).collect();
-        let total: f64 = weights.iter().sum();
-        if self.params.top_p < 1.0 {
-            let mut kept = 0.0;
-            let mut keep = weights.len();
-            for (index, weight) in weights.iter().enumerate() {
-                kept += weight / total;
-                if kept >= f64::from(self.params.top_p) {
-                    keep = index + 1;
-                    break;
+        let weights = &mut self.weights;
+        weights.clear();
+        weights.extend(logits.iter().map(|&logit| {
+            if logit.is_finite() { ((f64::from(logit) - f64::from(max)) * inverse_temperature).exp() } else { 0.0 }
+        }));
+        let (top_k, top_p) = (self.params.top_k, f64::from(self.params.top_p));
+        let finite = logits.iter().filter(|l| l.is_finite()).count();
+        if (top_k == 0 || top_k >= finite) && top_p >= 1.0 {
+            // Every token stays: the draw's order does not change the distribution.
+            let total: f64 = weights.iter().sum();
+            let mut target = self.random.next_f64() * total;
+            let mut last = 0;
+            for (id, &weight) in weights.iter().enumerate().filter(|(_, w)| **w > 0.0) {
+                if target < weight {
+                    return id as u32;
                 }
+                target -= weight;
+                last = id;
             }
-            weights.truncate(keep);
+            return last as u32;
         }
-        let total: f64 = weights.iter().sum();
+        let mut candidates: Vec<(u32, f32)> =
+            logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(id, &l)| (id as u32, l)).collect();
+        // Most likely first, lowest id first among equals: the order decides truncation.
+        let by_likelihood = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let weight_of = |candidates: &[(u32, f32)]| candidates.iter().map(|&(id, _)| weights[id as usize]).collect();
+        let kept = if top_k > 0 && top_k < finite {
+            candidates.select_nth_unstable_by(top_k, by_likelihood);
+            candidates.truncate(top_k);
+            candidates.sort_unstable_by(by_likelihood);
+            let kept: Vec<f64> = weight_of(&candidates);
+            nucleus(&kept, kept.iter().sum(), top_p)
+        } else {
+            // Top-p alone: the most likely 64, 256, … tokens, sorted, until they reach p.
+            let total: f64 = weights.iter().sum();
+            let mut sorted = 64.min(finite);
+            loop {
+                if sorted < finite {
+                    candidates.select_nth_unstable_by(sorted, by_likelihood);
+                }
+                candidates[..sorted].sort_unstable_by(by_likelihood);
+                let kept = nucleus(&weight_of(&candidates[..sorted]), total, top_p);
+                if kept < sorted || sorted == finite {
+                    break kept;
+                }
+                sorted = (sorted * 4).min(finite);
+            }
+        };
+        let kept: Vec<f64> = weight_of(&candidates[..kept]);
+        let total: f64 = kept.iter().sum();
         let mut target = self.random.next_f64() * total;
-        for (index, weight) in weights.iter().enumerate() {
+        for (index, weight) in kept.iter().enumerate() {
             if target < *weight {
                 return candidates[index].0;
             }
             target -= weight;
         }
-        candidates[weights.len() - 1].0
+        candidates[kept.len() - 1].0
     }
+}
+
+/// How many of `weights` (most likely first, out of `total`) top-p keeps: the fewest whose share
+/// reaches `top_p`, or all of them when they do not.
+fn nucleus(weights: &[f64], total: f64, top_p: f64) -> usize {
+    if top_p >= 1.0 {
+        return weights.len();
+    }
+    let mut share = 0.0;
+    for (index, weight) in weights.iter().enumerate() {
+        share += weight / total;
+        if share >= top_p {
+            return index + 1;
+        }
+    }
+    weights.len()
 }
 
 /// The index of the largest finite logit, the lowest on ties (0 when there is none).
@@ -278,6 +329,42 @@ mod tests {
         let mut sampler = Sampler::new(SamplingParams { seed: Some(1), ..params(1.0) }, &[]);
         let ones = (0..20_000).filter(|_| sampler.sample(&mut [0.0, 3f32.ln()]).0 == 1).count();
         assert!((14_400..15_600).contains(&ones), "{ones}");
+    }
+
+    #[test]
+    fn top_k_and_top_p_keep_only_the_most_likely_tokens() {
+        // 1,000 tokens, logits falling with the id but shuffled across the vocabulary, so that
+        // the most likely tokens are not the first ids.
+        let rank = |id: u32| (id * 7919) % 1000;
+        let logits: Vec<f32> = (0..1000).map(|id| -(rank(id) as f32) * 0.01).collect();
+        let probabilities: Vec<f64> = {
+            let weights: Vec<f64> = logits.iter().map(|&l| f64::from(l).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            weights.iter().map(|w| w / total).collect()
+        };
+        // The fewest most likely tokens reaching half the probability: far more than 64, so
+        // top-p widens its sorted prefix.
+        let mut share = 0.0;
+        let nucleus = (0..1000)
+            .position(|r| {
+                share += probabilities[(0..1000).find(|&id| rank(id) == r).unwrap() as usize];
+                share >= 0.5
+            })
+            .unwrap() as u32
+            + 1;
+        assert!(nucleus > 64, "{nucleus}");
+        let draws = |params: SamplingParams| {
+            let mut sampler = Sampler::new(params, &[]);
+            (0..4000).map(|_| rank(sampler.sample(&mut logits.clone()).0)).collect::<Vec<_>>()
+        };
+        let top_p = draws(SamplingParams { top_p: 0.5, seed: Some(3), ..params(1.0) });
+        assert!(top_p.iter().all(|&r| r < nucleus));
+        assert!(top_p.iter().any(|&r| r >= 64) && top_p.iter().any(|&r| r >= nucleus * 3 / 4));
+        let top_k = draws(SamplingParams { top_k: 5, seed: Some(3), ..params(1.0) });
+        assert!(top_k.iter().all(|&r| r < 5) && (0..5).all(|r| top_k.contains(&r)));
+        // Without truncation every token may come.
+        let all = draws(SamplingParams { seed: Some(3), ..params(1.0) });
+        assert!(all.iter().any(|&r| r >= nucleus));
     }
 
     #[test]
