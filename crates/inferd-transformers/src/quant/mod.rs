@@ -174,7 +174,7 @@ impl SharedOutput {
 /// by block, so that a product reaches all of a tile's rows from one address.
 pub const TILE: usize = 8;
 
-/// One tile's quantized values, scales and sums.
+/// A tile's (or a run of a tile's blocks') quantized values, scales and sums.
 type TileParts<'a> = ((&'a mut [i8], &'a mut [f32]), &'a mut [f32]);
 
 /// Rows of activations quantized to 8-bit blocks of 32, in tiles of [`TILE`] rows: block `b` of
