@@ -190,28 +190,20 @@ impl Sampler {
         let finite = logits.iter().filter(|l| l.is_finite()).count();
         if (top_k == 0 || top_k >= finite) && top_p >= 1.0 {
             // Every token stays: the draw's order does not change the distribution.
-            let total: f64 = weights.iter().sum();
-            let mut target = self.random.next_f64() * total;
-            let mut last = 0;
-            for (id, &weight) in weights.iter().enumerate().filter(|(_, w)| **w > 0.0) {
-                if target < weight {
-                    return id as u32;
-                }
-                target -= weight;
-                last = id;
-            }
-            return last as u32;
+            return pick(&mut self.random, weights) as u32;
         }
         let mut candidates: Vec<(u32, f32)> =
             logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(id, &l)| (id as u32, l)).collect();
         // Most likely first, lowest id first among equals: the order decides truncation.
         let by_likelihood = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        let weight_of = |candidates: &[(u32, f32)]| candidates.iter().map(|&(id, _)| weights[id as usize]).collect();
+        let weight_of = |candidates: &[(u32, f32)]| -> Vec<f64> {
+            candidates.iter().map(|&(id, _)| weights[id as usize]).collect()
+        };
         let kept = if top_k > 0 && top_k < finite {
             candidates.select_nth_unstable_by(top_k, by_likelihood);
             candidates.truncate(top_k);
             candidates.sort_unstable_by(by_likelihood);
-            let kept: Vec<f64> = weight_of(&candidates);
+            let kept = weight_of(&candidates);
             nucleus(&kept, kept.iter().sum(), top_p)
         } else {
             // Top-p alone: the most likely 64, 256, … tokens, sorted, until they reach p.
@@ -229,17 +221,24 @@ impl Sampler {
                 sorted = (sorted * 4).min(finite);
             }
         };
-        let kept: Vec<f64> = weight_of(&candidates[..kept]);
-        let total: f64 = kept.iter().sum();
-        let mut target = self.random.next_f64() * total;
-        for (index, weight) in kept.iter().enumerate() {
-            if target < *weight {
-                return candidates[index].0;
-            }
-            target -= weight;
-        }
-        candidates[kept.len() - 1].0
+        candidates[pick(&mut self.random, &weight_of(&candidates[..kept]))].0
     }
+}
+
+/// A random index of `weights`, each as likely as its weight (the last one with a weight when
+/// rounding leaves the target past the end).
+fn pick(random: &mut Random, weights: &[f64]) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut target = random.next_f64() * total;
+    let mut last = 0;
+    for (index, &weight) in weights.iter().enumerate().filter(|(_, w)| **w > 0.0) {
+        if target < weight {
+            return index;
+        }
+        target -= weight;
+        last = index;
+    }
+    last
 }
 
 /// How many of `weights` (most likely first, out of `total`) top-p keeps: the fewest whose share
