@@ -147,6 +147,10 @@ fn attend_heads<T: KvElement, const N: usize>(
     scores: &mut Vec<f32>,
     outputs: &mut [f32],
 ) {
+    // The first rows of both, which the prefetches running ahead of each pass do not cover.
+    let ahead = PREFETCH_ROWS.min(visible) * std::mem::size_of::<T>();
+    kernels::prefetch(keys.data.as_ptr().cast(), ahead * keys.width);
+    kernels::prefetch(values.data.as_ptr().cast(), ahead * values.width);
     scores.clear();
     scores.resize(N * visible, 0.0);
     key_scores::<T, N>(queries, keys, scale, scores);
@@ -161,7 +165,7 @@ fn attend_heads<T: KvElement, const N: usize>(
 /// [`dot`]'s arithmetic.
 fn key_scores<T: KvElement, const N: usize>(queries: &[f32], keys: Rows<'_, T>, scale: f32, scores: &mut [f32]) {
     let visible = scores.len() / N;
-    let mut i = 0;
+    let mut i = key_scores_by_four::<T, N>(queries, keys, scale, scores);
     while i + 4 <= visible {
         for ahead in i + PREFETCH_ROWS..(i + PREFETCH_ROWS + 4).min(visible) {
             prefetch_row(keys, ahead);
@@ -176,10 +180,87 @@ fn key_scores<T: KvElement, const N: usize>(queries: &[f32], keys: Rows<'_, T>, 
     }
 }
 
+/// [`key_scores`] for the leading multiple of four keys, when rows are whole vectors: each
+/// pair through [`dot`]'s arithmetic, with fewer instructions than [`dots`] spends on four keys
+/// (whose twelve sums, with three queries, would not all stay in registers); returns the keys
+/// done.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+fn key_scores_by_four<T: KvElement, const N: usize>(
+    queries: &[f32],
+    keys: Rows<'_, T>,
+    scale: f32,
+    scores: &mut [f32],
+) -> usize {
+    use std::arch::x86_64::*;
+    let width = keys.width;
+    let visible = scores.len() / N;
+    let whole = visible / 4 * 4;
+    if !width.is_multiple_of(8) || width == 0 {
+        return 0;
+    }
+    assert!(queries.len() == N * width && scores.len() == N * visible && keys.data.len() >= visible * width);
+    let (q, row_bytes) = (queries.as_ptr(), width * std::mem::size_of::<T>());
+    // SAFETY: AVX2, FMA and F16C are enabled at compile time. Key loads read 8 values at
+    // `(i + key)·width + k` with `i + key < visible` and `k + 8 ≤ width` (rows inside
+    // `keys.data`, asserted); query loads read `h·width + k < N·width`; stores write 4 scores
+    // at `h·visible + i`, `i + 4 ≤ visible`.
+    unsafe {
+        let mut i = 0;
+        while i < whole {
+            let base = keys.data.as_ptr().add(i * width);
+            kernels::prefetch(base.wrapping_add(PREFETCH_ROWS * width).cast(), 4 * row_bytes);
+            // Keys 0 and 1, then 2 and 3 (2·N sums live with N query chunks); each pair's sums
+            // folded to half width (sⱼ = pⱼ + pⱼ₊₄) before the next pair starts, and two
+            // horizontal additions of all four give (s₀ + s₁) + (s₂ + s₃), `dot`'s order.
+            let pair = |first: usize| -> [__m256; N] {
+                let mut acc = [[_mm256_setzero_ps(); 2]; N];
+                let (row0, row1) = (base.add(first * width), base.add((first + 1) * width));
+                let mut k = 0;
+                while k < width {
+                    let xs: [__m256; N] = std::array::from_fn(|h| _mm256_loadu_ps(q.add(h * width + k)));
+                    let y = T::load8(row0.add(k));
+                    for (acc, x) in acc.iter_mut().zip(&xs) {
+                        acc[0] = _mm256_fmadd_ps(*x, y, acc[0]);
+                    }
+                    let y = T::load8(row1.add(k));
+                    for (acc, x) in acc.iter_mut().zip(&xs) {
+                        acc[1] = _mm256_fmadd_ps(*x, y, acc[1]);
+                    }
+                    k += 8;
+                }
+                acc.map(|[p, r]| {
+                    _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(p, r), _mm256_permute2f128_ps::<0x31>(p, r))
+                })
+            };
+            let (first, second) = (pair(0), pair(2));
+            let scale = _mm_set1_ps(scale);
+            for h in 0..N {
+                // (s₀ + s₁) + (s₂ + s₃); lanes: keys 0, 2, -, - | keys 1, 3, -, -.
+                let sums = _mm256_hadd_ps(_mm256_hadd_ps(first[h], second[h]), _mm256_setzero_ps());
+                let ordered = _mm_unpacklo_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps::<1>(sums));
+                _mm_storeu_ps(scores.as_mut_ptr().add(h * visible + i), _mm_mul_ps(ordered, scale));
+            }
+            i += 4;
+        }
+        whole
+    }
+}
+
+/// [`key_scores`]' leading keys (scalar: none; the caller's loop does every key).
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+fn key_scores_by_four<T: KvElement, const N: usize>(
+    _queries: &[f32],
+    _keys: Rows<'_, T>,
+    _scale: f32,
+    _scores: &mut [f32],
+) -> usize {
+    0
+}
+
 /// How many keys or values ahead of the one being read its row is prefetched. A sequence's
 /// cache is read once per step and layer, usually from memory (the weights streamed through
 /// the caches since); without the hint each row's lines are waited for in turn.
-const PREFETCH_ROWS: usize = 8;
+const PREFETCH_ROWS: usize = 24;
 
 /// Hints the cache lines of row `i` into the first-level cache.
 #[inline(always)]
@@ -223,34 +304,71 @@ fn weighted_sum<T: KvElement, const N: usize>(scores: &[f32], values: Rows<'_, T
     }
 }
 
-/// [`weighted_sum`] over the leading columns in chunks of 32 whose `N` heads' sums stay in
-/// registers; returns the columns done.
+/// [`weighted_sum`] over the leading columns, in chunks whose `N` heads' sums stay in registers
+/// and are enough to keep the multipliers busy; returns the columns done.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 fn weighted_sum_chunks<T: KvElement, const N: usize>(
     scores: &[f32],
     values: Rows<'_, T>,
     outputs: &mut [f32],
 ) -> usize {
+    // Each sum takes one fused multiply-add per key, so a chunk needs about 8 sums in flight to
+    // keep the multipliers busy (4 cycles' latency, 2 per cycle).
+    let width = outputs.len() / N;
+    let mut done = 0;
+    if N >= 3 {
+        // Three heads: 9 sums, 3 weights and a value in 13 registers (12 sums would spill one,
+        // and a spilled sum waits on a store and a load every key).
+        while width - done >= 24 {
+            done = weighted_sum_lanes::<T, N, 3>(scores, values, outputs, done);
+        }
+        while width - done >= 16 {
+            done = weighted_sum_lanes::<T, N, 2>(scores, values, outputs, done);
+        }
+    } else {
+        while width - done >= 32 {
+            done = weighted_sum_lanes::<T, N, 4>(scores, values, outputs, done);
+        }
+    }
+    while width - done >= 8 {
+        done = weighted_sum_lanes::<T, N, 1>(scores, values, outputs, done);
+    }
+    done
+}
+
+/// [`weighted_sum_chunks`] in chunks of `8·L` columns.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[inline(always)]
+fn weighted_sum_lanes<T: KvElement, const N: usize, const L: usize>(
+    scores: &[f32],
+    values: Rows<'_, T>,
+    outputs: &mut [f32],
+    start: usize,
+) -> usize {
     use std::arch::x86_64::*;
-    const CHUNK: usize = 32;
+    let chunk = 8 * L;
     let width = outputs.len() / N;
     let visible = scores.len() / N;
     assert!(outputs.len() == N * width && scores.len() == N * visible);
-    let mut start = 0;
-    while start + CHUNK <= width {
-        // SAFETY: AVX2 and FMA are enabled at compile time; each load reads 8 values of a row
-        // slice checked to hold `start + 32` of them, and each store 8 floats of head `h`'s
-        // output (`h·width + start + 32 ≤ N·width`, asserted).
+    let stride = values.width;
+    assert!(values.data.len() >= visible * stride && width <= stride);
+    let row_bytes = stride * std::mem::size_of::<T>();
+    if start + chunk <= width {
+        // SAFETY: AVX2 and FMA are enabled at compile time; each load reads 8 values at
+        // `i·stride + start + 8·lane < visible·stride` (inside `values.data`, asserted), each
+        // weight is `scores[h·visible + i]` (`i < visible`, asserted), and each store 8 floats of
+        // head `h`'s output (`h·width + start + 8·L ≤ N·width`, asserted).
         unsafe {
-            let mut sum = [[_mm256_setzero_ps(); CHUNK / 8]; N];
+            let mut sum = [[_mm256_setzero_ps(); L]; N];
             for i in 0..visible {
-                if start == 0 && i + PREFETCH_ROWS < visible {
-                    prefetch_row(values, i + PREFETCH_ROWS);
+                let row = values.data.as_ptr().add(i * stride);
+                if start == 0 {
+                    kernels::prefetch(row.wrapping_add(PREFETCH_ROWS * stride).cast(), row_bytes);
                 }
-                let row = &values.row(i)[..start + CHUNK];
-                let weights: [__m256; N] = std::array::from_fn(|h| _mm256_set1_ps(scores[h * visible + i]));
-                for lane in 0..CHUNK / 8 {
-                    let value = T::load8(row.as_ptr().add(start + 8 * lane));
+                let weights: [__m256; N] =
+                    std::array::from_fn(|h| _mm256_set1_ps(*scores.get_unchecked(h * visible + i)));
+                for lane in 0..L {
+                    let value = T::load8(row.add(start + 8 * lane));
                     for (sums, weight) in sum.iter_mut().zip(&weights) {
                         sums[lane] = _mm256_fmadd_ps(*weight, value, sums[lane]);
                     }
@@ -262,9 +380,8 @@ fn weighted_sum_chunks<T: KvElement, const N: usize>(
                 }
             }
         }
-        start += CHUNK;
     }
-    start
+    start + chunk
 }
 
 /// [`weighted_sum`]'s chunks (scalar: none; the caller's loop does every column).
@@ -368,6 +485,25 @@ mod tests {
                 assert_eq!(together[h][k], dot(query, b));
                 let exact: f64 = query.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
                 assert!((f64::from(together[h][k]) - exact).abs() < 1e-5, "{} vs {exact}", together[h][k]);
+            }
+        }
+    }
+
+    #[test]
+    fn scores_four_keys_at_a_time_equal_each_dot_product() {
+        use half::f16;
+        // 3 heads of width 64; 11 keys: two groups of four, then three one by one.
+        let (width, tokens, scale) = (64, 11, 0.125);
+        let stored: Vec<f16> = (0..tokens * width).map(|i| f16::from_f32((i as f32 * 0.017).sin())).collect();
+        let keys = Rows { data: &stored[..], width };
+        let mut queries: Vec<f32> = (0..3 * width).map(|i| (i as f32 * 0.07).cos() * 1.5).collect();
+        f16::round_slice(&mut queries);
+        let mut scores = vec![0f32; 3 * tokens];
+        key_scores::<f16, 3>(&queries, keys, scale, &mut scores);
+        for (h, query) in queries.chunks_exact(width).enumerate() {
+            for i in 0..tokens {
+                let key: Vec<f32> = keys.row(i).iter().map(|v| v.to_f32()).collect();
+                assert_eq!(scores[h * tokens + i], dot(query, &key) * scale, "head {h}, key {i}");
             }
         }
     }
