@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod engine;
 pub mod error;
 pub mod generation;
+pub mod math;
 pub mod metrics;
 pub mod registry;
 pub mod tabular;

@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{CausalLm, Event, FinishReason, GenerationInfo, GenerationRequest, Sampler, SchedulerPolicy, SequenceStep};
+use super::{
+    CausalLm, Event, FinishReason, GenerationInfo, GenerationRequest, Sampler, SchedulerPolicy, SequenceStep,
+    TokenLogprobs,
+};
 use crate::error::InferError;
 use crate::metrics::BatchMetrics;
 
@@ -278,9 +281,12 @@ impl<M: CausalLm> Worker<M> {
             }
             Err(err) => return self.fail(&active, err),
         };
-        for (&index, mut logits) in active.iter().zip(logits) {
+        let draws = {
+            let samplers = self.running.iter_mut().filter(|sequence| !sequence.done).map(|s| &mut s.sampler);
+            sample_all(samplers.zip(logits).collect())
+        };
+        for (&index, (id, logprobs)) in active.iter().zip(draws) {
             let sequence = &mut self.running[index];
-            let (id, logprobs) = sequence.sampler.sample(&mut logits);
             sequence.generated += 1;
             if !sequence.ignore_eos && self.info.stop_ids.contains(&id) {
                 let _ = sequence.events.send(Event::Finished { reason: FinishReason::Stop });
@@ -324,6 +330,30 @@ impl<M: CausalLm> Worker<M> {
         self.reserved -= freed;
         shared.metrics.batch_started(self.running.len());
     }
+}
+
+/// Each sequence's next token, in order.
+///
+/// Sampling at a temperature (or with logprobs) takes a pass of `exp` over the vocabulary per
+/// sequence, a fraction of a millisecond for SmolLM2's 49,152 tokens, while the model's threads
+/// wait for the next step: at 8 such sequences that was about a fifth of a step. When two or
+/// more sequences need it, every other sequence is sampled on a second thread. Each sampler
+/// draws from its own random source, so the tokens do not depend on the thread.
+fn sample_all(mut draws: Vec<(&mut Sampler, Vec<f32>)>) -> Vec<(u32, Option<TokenLogprobs>)> {
+    let sample = |(sampler, logits): &mut (&mut Sampler, Vec<f32>)| sampler.sample(logits);
+    if draws.iter().filter(|(sampler, _)| sampler.is_costly()).count() < 2 {
+        return draws.iter_mut().map(sample).collect();
+    }
+    let (mut mine, mut theirs): (Vec<_>, Vec<_>) = draws.iter_mut().enumerate().partition(|(i, _)| i % 2 == 0);
+    let (mine, theirs) = std::thread::scope(|scope| {
+        let helper = scope.spawn(|| theirs.iter_mut().map(|(_, draw)| sample(draw)).collect::<Vec<_>>());
+        let mine: Vec<_> = mine.iter_mut().map(|(_, draw)| sample(draw)).collect();
+        // A panic in the helper is passed on, as one on this thread would be.
+        (mine, helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    // Even positions from this thread, odd ones from the helper.
+    let mut theirs = theirs.into_iter();
+    mine.into_iter().flat_map(|draw| std::iter::once(draw).chain(theirs.next())).collect()
 }
 
 #[cfg(test)]
@@ -410,6 +440,28 @@ mod tests {
             }
         }
         (ids, None)
+    }
+
+    #[test]
+    fn sequences_sampled_on_two_threads_draw_as_they_would_one_by_one() {
+        // Five seeded sequences (three at a temperature, one greedy, one greedy with logprobs):
+        // four are costly, so every other one is sampled on the helper thread.
+        let params = [
+            SamplingParams { temperature: 0.8, seed: Some(1), ..SamplingParams::default() },
+            SamplingParams { temperature: 0.0, ..SamplingParams::default() },
+            SamplingParams { temperature: 1.2, top_p: 0.9, seed: Some(2), ..SamplingParams::default() },
+            SamplingParams { temperature: 0.0, logprobs: Some(3), ..SamplingParams::default() },
+            SamplingParams { temperature: 0.5, top_k: 7, seed: Some(3), ..SamplingParams::default() },
+        ];
+        let logits: Vec<Vec<f32>> =
+            (0..5).map(|s| (0..1000).map(|i| ((i * 7 + s * 13) % 97) as f32 * 0.05).collect()).collect();
+        let mut alone: Vec<Sampler> = params.iter().map(|p| Sampler::new(p.clone(), &[])).collect();
+        let mut together = alone.clone();
+        for _ in 0..3 {
+            let expected: Vec<_> = alone.iter_mut().zip(&logits).map(|(s, l)| s.sample(&mut l.clone())).collect();
+            let draws = sample_all(together.iter_mut().zip(logits.iter().cloned()).collect());
+            assert_eq!(draws, expected);
+        }
     }
 
     #[tokio::test]
