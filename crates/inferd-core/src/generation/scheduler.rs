@@ -334,11 +334,11 @@ impl<M: CausalLm> Worker<M> {
 
 /// Each sequence's next token, in order.
 ///
-/// Sampling at a temperature (or with logprobs) takes a pass of `exp` over the vocabulary per
-/// sequence, a fraction of a millisecond for SmolLM2's 49,152 tokens, while the model's threads
-/// wait for the next step: at 8 such sequences that was about a fifth of a step. When two or
-/// more sequences need it, every other sequence is sampled on a second thread. Each sampler
-/// draws from its own random source, so the tokens do not depend on the thread.
+/// Sampling at a temperature (or with logprobs) goes over the whole vocabulary several times
+/// per sequence (weights, their sum and the draw; or the log-sum-exp and the best tokens), on
+/// this thread while the model's threads wait for the next step. When two or more sequences
+/// need it, every other sequence is sampled on a second thread. Each sampler draws from its
+/// own random source, so the tokens do not depend on the thread.
 fn sample_all(mut draws: Vec<(&mut Sampler, Vec<f32>)>) -> Vec<(u32, Option<TokenLogprobs>)> {
     let sample = |(sampler, logits): &mut (&mut Sampler, Vec<f32>)| sampler.sample(logits);
     if draws.iter().filter(|(sampler, _)| sampler.is_costly()).count() < 2 {
