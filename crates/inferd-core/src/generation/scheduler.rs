@@ -345,12 +345,16 @@ fn sample_all(mut draws: Vec<(&mut Sampler, Vec<f32>)>) -> Vec<(u32, Option<Toke
         return draws.iter_mut().map(sample).collect();
     }
     let (mut mine, mut theirs): (Vec<_>, Vec<_>) = draws.iter_mut().enumerate().partition(|(i, _)| i % 2 == 0);
-    let (mine, theirs) = std::thread::scope(|scope| {
-        let helper = scope.spawn(|| theirs.iter_mut().map(|(_, draw)| sample(draw)).collect::<Vec<_>>());
+    let (mine, helped) = std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("inferd-sample".into())
+            .spawn_scoped(scope, || theirs.iter_mut().map(|(_, draw)| sample(draw)).collect::<Vec<_>>());
         let mine: Vec<_> = mine.iter_mut().map(|(_, draw)| sample(draw)).collect();
         // A panic in the helper is passed on, as one on this thread would be.
-        (mine, helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        (mine, helper.ok().map(|helper| helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))))
     });
+    // No thread to be had: this one samples the rest too.
+    let theirs = helped.unwrap_or_else(|| theirs.iter_mut().map(|(_, draw)| sample(draw)).collect());
     // Even positions from this thread, odd ones from the helper.
     let mut theirs = theirs.into_iter();
     mine.into_iter().flat_map(|draw| std::iter::once(draw).chain(theirs.next())).collect()
