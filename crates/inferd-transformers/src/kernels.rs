@@ -222,20 +222,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exp_and_erf_are_accurate() {
-        let mut worst_exp = 0f64;
-        let mut worst_erf = 0f64;
+    fn erf_is_accurate() {
+        // exp, which erf calls, is tested where it lives (inferd_core::math).
+        let mut worst = 0f64;
         for i in -20_000..=20_000 {
             let x = i as f32 * 0.004;
-            let exact = f64::from(x).exp();
-            worst_exp = worst_exp.max(((f64::from(exp(x)) - exact) / exact).abs());
-            worst_erf = worst_erf.max((f64::from(erf(x)) - erf_reference(f64::from(x))).abs());
+            worst = worst.max((f64::from(erf(x)) - erf_reference(f64::from(x))).abs());
         }
-        assert!(worst_exp < 2e-7, "exp relative error {worst_exp}");
-        assert!(worst_erf < 5e-7, "erf absolute error {worst_erf}");
-        assert_eq!(exp(-200.0), exp(-87.3));
-        assert!(exp(-87.3) < 1e-37);
-        assert!(exp(f32::NEG_INFINITY) < 1e-37);
+        assert!(worst < 5e-7, "erf absolute error {worst}");
     }
 
     /// erf in f64 from its Maclaurin series (|x| ≤ 3) or its continued fraction (beyond).
