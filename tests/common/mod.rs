@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -67,14 +67,20 @@ pub fn bundled_models() -> String {
 
 pub struct Server {
     child: Child,
+    /// Where the server listens: the operating system picks a free port (`--listen
+    /// 127.0.0.1:0`), so that servers started in parallel never race for one; known once
+    /// [`Server::wait_listening`] has returned.
     pub address: SocketAddr,
     pub client: reqwest::Client,
     _dir: tempfile::TempDir,
     log: Arc<Mutex<String>>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// The address in the server's `listening` line (text or JSON logs), once it has logged it.
+fn listening_address(log: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|line| line.contains("listening"))?;
+    let (_, rest) = line.split_once("address=").or_else(|| line.split_once("\"address\":\""))?;
+    rest.split(|c: char| c.is_whitespace() || c == '"').next()?.parse().ok()
 }
 
 impl Server {
@@ -89,13 +95,12 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("inferd.toml");
         std::fs::write(&config, format!("[server]\n{server}\n\n{models}")).unwrap();
-        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
             .arg("serve")
             .arg("--config")
             .arg(&config)
             .arg("--listen")
-            .arg(address.to_string())
+            .arg("127.0.0.1:0")
             .args(args)
             .env_remove("INFERD_DEVICE")
             .env("INFERD_LOG", "info")
@@ -115,6 +120,7 @@ impl Server {
             }
         });
         let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let address = SocketAddr::from(([127, 0, 0, 1], 0));
         Server { child, address, client, _dir: dir, log }
     }
 
@@ -141,13 +147,15 @@ impl Server {
         }
     }
 
+    /// Waits until the server has logged the address it listens on, and takes it.
     pub async fn wait_listening(&mut self) {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("inferd exited early ({status}):\n{}", self.log());
             }
-            if std::net::TcpStream::connect(self.address).is_ok() {
+            if let Some(address) = listening_address(&self.log()) {
+                self.address = address;
                 return;
             }
             assert!(started.elapsed() < Duration::from_secs(30), "inferd did not listen:\n{}", self.log());
