@@ -22,9 +22,12 @@ impl LlmCodec {
     /// that does not start with it.
     pub fn new(tokenizer: Tokenizer, template: Option<ChatTemplate>, bos: Option<u32>) -> Self {
         let size = tokenizer.get_vocab_size(true);
-        // Byte-level vocabularies write each byte as a character; others are decoded token by
-        // token (special tokens as their text).
+        // Byte-level vocabularies write each byte as a character; SentencePiece ones write a
+        // space as `▁` and a byte as `<0x41>` (a token decoded alone would lose the space its
+        // decoder strips from the start of a text, and a byte would not be UTF-8); others are
+        // decoded token by token (special tokens as their text).
         let byte_level = matches!(tokenizer.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
+        let sentencepiece = is_sentencepiece(&tokenizer);
         let bytes = (0..size as u32)
             .map(|id| {
                 let token = tokenizer.id_to_token(id).unwrap_or_default();
@@ -32,7 +35,13 @@ impl LlmCodec {
                     Ok(text) if !text.is_empty() => text.into_bytes(),
                     _ => token.clone().into_bytes(),
                 };
-                if byte_level { byte_level_bytes(&token).unwrap_or_else(decoded) } else { decoded() }
+                if byte_level {
+                    byte_level_bytes(&token).unwrap_or_else(decoded)
+                } else if sentencepiece && !tokenizer.get_added_vocabulary().is_special_token(&token) {
+                    sentencepiece_bytes(&token)
+                } else {
+                    decoded()
+                }
             })
             .collect();
         Self { tokenizer, template, bos, bytes }
@@ -78,6 +87,22 @@ impl TextCodec for LlmCodec {
     }
 }
 
+/// Whether the tokenizer is SentencePiece-style: a BPE model that falls back to byte tokens.
+fn is_sentencepiece(tokenizer: &Tokenizer) -> bool {
+    matches!(tokenizer.get_model(), tokenizers::ModelWrapper::BPE(bpe) if bpe.byte_fallback)
+}
+
+/// The bytes a SentencePiece token stands for: `<0x41>` is the byte 0x41, `▁` a space.
+fn sentencepiece_bytes(token: &str) -> Vec<u8> {
+    if let Some(hex) = token.strip_prefix("<0x").and_then(|rest| rest.strip_suffix('>'))
+        && hex.len() == 2
+        && let Ok(byte) = u8::from_str_radix(hex, 16)
+    {
+        return vec![byte];
+    }
+    token.replace('\u{2581}', " ").into_bytes()
+}
+
 /// The bytes a byte-level BPE token stands for (GPT-2 writes each byte as a printable
 /// character); `None` when the token is not in that alphabet.
 fn byte_level_bytes(token: &str) -> Option<Vec<u8>> {
@@ -98,7 +123,7 @@ fn byte_level_bytes(token: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::byte_level_bytes;
+    use super::{byte_level_bytes, sentencepiece_bytes};
 
     #[test]
     fn byte_level_tokens_map_back_to_bytes() {
@@ -106,5 +131,14 @@ mod tests {
         assert_eq!(byte_level_bytes("Ċ"), Some(b"\n".to_vec()));
         assert_eq!(byte_level_bytes("Ã©"), Some("é".as_bytes().to_vec()));
         assert_eq!(byte_level_bytes("東"), None);
+    }
+
+    #[test]
+    fn sentencepiece_tokens_map_back_to_bytes() {
+        assert_eq!(sentencepiece_bytes("\u{2581}Hello"), b" Hello".to_vec());
+        assert_eq!(sentencepiece_bytes("<0x0A>"), b"\n".to_vec());
+        assert_eq!(sentencepiece_bytes("<0xE2>"), vec![0xE2]);
+        assert_eq!(sentencepiece_bytes("<0xZZ>"), b"<0xZZ>".to_vec());
+        assert_eq!(sentencepiece_bytes("東"), "東".as_bytes().to_vec());
     }
 }
