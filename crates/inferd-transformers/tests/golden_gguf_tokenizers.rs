@@ -6,8 +6,9 @@
 //! emoji, code, several scripts) and the token ids the family's Hugging Face tokenizer gives
 //! each text without special tokens (`.out`). They come with llama-cpp-python's source archive,
 //! unpacked by `models/fetch-models.sh` (the test command runs it first). inferd must give the
-//! same ids for every text, for byte-level BPE families (`gpt2` with GPT-2's, Llama 3's and
-//! Qwen2's pre-tokenizers) and SentencePiece families (Llama 2's and Phi-3's vocabularies).
+//! same ids for every text, for byte-level BPE families (`gpt2` with the pre-tokenizers of
+//! GPT-2, MPT, Llama 3, Qwen2, StarCoder, Refact, Command-R and Falcon) and SentencePiece
+//! families (Llama 2's and Phi-3's vocabularies).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,8 @@ use inferd_transformers::generation::codec::LlmCodec;
 use inferd_transformers::generation::gguf_tokenizer::{GgufVocabulary, from_gguf};
 
 /// The families inferd builds tokenizers for, as llama.cpp names their test files.
-const FAMILIES: [&str; 5] = ["gpt-2", "llama-bpe", "qwen2", "llama-spm", "phi-3"];
+const FAMILIES: [&str; 10] =
+    ["gpt-2", "llama-bpe", "qwen2", "llama-spm", "phi-3", "mpt", "starcoder", "refact", "command-r", "falcon"];
 /// The SentencePiece ones among them.
 const SENTENCEPIECE: [&str; 2] = ["llama-spm", "phi-3"];
 /// What follows each test text in an `.inp` file.
@@ -100,7 +102,8 @@ fn special_tokens_of_sentencepiece_vocabularies_are_recognised_in_prompts() {
 
 #[test]
 fn families_without_a_builder_are_clear_errors() {
-    for (family, expected) in [("gemma-4", "tokenizer.ggml.model 'gemma4'"), ("falcon", "tokenizer.ggml.pre 'falcon'")]
+    for (family, expected) in
+        [("gemma-4", "tokenizer.ggml.model 'gemma4'"), ("deepseek-llm", "tokenizer.ggml.pre 'deepseek-llm'")]
     {
         let (content, path) = content(family);
         let err = from_gguf(&content, &path).err().unwrap_or_else(|| panic!("{family} built"));

@@ -197,15 +197,29 @@ fn byte_level_bpe(content: &gguf_file::Content, tokens: &[String], path: &Path) 
         .map_err(|err| LoadError::invalid(path, format!("cannot build the BPE model: {err}")))?;
     let mut tokenizer = Tokenizer::new(bpe);
 
+    // Pieces matching `pattern` split from the text around them.
+    let isolate = |pattern: &str| -> Result<PreTokenizerWrapper, LoadError> {
+        Ok(Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|err| LoadError::invalid(path, format!("pre-tokenizer pattern: {err}")))?
+            .into())
+    };
+    // `pattern`'s split instead of GPT-2's.
     let split = |pattern: &str| -> Result<PreTokenizerWrapper, LoadError> {
-        let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|err| LoadError::invalid(path, format!("pre-tokenizer pattern: {err}")))?;
-        Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into())
+        Ok(Sequence::new(vec![isolate(pattern)?, ByteLevel::new(false, true, false).into()]).into())
     };
     let pre_tokenizer: PreTokenizerWrapper = match pre.as_str() {
-        "default" | "gpt2" | "gpt-2" => ByteLevel::new(false, true, true).into(),
+        "default" | "gpt2" | "gpt-2" | "mpt" => ByteLevel::new(false, true, true).into(),
+        // Runs of punctuation first, then GPT-2's split, then groups of three digits.
+        "falcon" => Sequence::new(vec![
+            isolate(r"[\p{P}\$\+<=>\^~\|`]+")?,
+            ByteLevel::new(false, true, true).into(),
+            isolate("[0-9][0-9][0-9]")?,
+        ])
+        .into(),
         // GPT-2's split after every digit on its own.
-        "smollm" => Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(),
+        "smollm" | "starcoder" | "refact" | "command-r" => {
+            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
+        }
         _ if llama3 => split(LLAMA3_SPLIT)?,
         "qwen2" => {
             tokenizer.with_normalizer(Some(NFC));
@@ -215,7 +229,8 @@ fn byte_level_bpe(content: &gguf_file::Content, tokens: &[String], path: &Path) 
             return Err(LoadError::unsupported(
                 path,
                 format!(
-                    "tokenizer.ggml.pre '{other}' is not one inferd knows (default, gpt2, smollm, llama3, qwen2); \
+                    "tokenizer.ggml.pre '{other}' is not one inferd knows (default, gpt2, mpt, smollm, starcoder, \
+                     refact, command-r, llama3, qwen2, falcon); \
                      put the model's tokenizer.json beside the GGUF file"
                 ),
             ));
