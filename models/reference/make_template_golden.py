@@ -6,7 +6,8 @@ vendored in llama-cpp-python's source archive, which `models/fetch-models.sh` un
 `models/llama-cpp-models/`). This renders each with Jinja2 the way Hugging Face transformers'
 `apply_chat_template` does (as `make_chat_golden.py` does: an ImmutableSandboxedEnvironment
 with trim_blocks, lstrip_blocks and loopcontrols, a `tojson` filter over json.dumps with
-ensure_ascii=False, globals `raise_exception` and `strftime_now`), for a few conversations,
+ensure_ascii=False, globals `raise_exception` and `strftime_now`, and transformers'
+`{% generation %}` tag), for a few conversations,
 with `add_generation_prompt` and the variables inferd passes (`messages`, `bos_token`,
 `eos_token`), and records each rendered prompt, or that the template refused the conversation.
 `crates/inferd-transformers/tests/golden_chat_templates.rs` holds inferd's renderer to it.
@@ -46,6 +47,21 @@ CONVERSATIONS = {
 }
 
 
+class GenerationTag(jinja2.ext.Extension):
+    """transformers' `{% generation %}...{% endgeneration %}`: marks the assistant's part of
+    the prompt (for training masks) and renders its body unchanged."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller):
+        return caller()
+
+
 def environment():
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
@@ -58,7 +74,7 @@ def environment():
         return datetime.now().strftime(fmt)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[jinja2.ext.loopcontrols])
+                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now

@@ -5,9 +5,8 @@
 //! `models/fetch-models.sh` from llama-cpp-python's source archive) rendered by Jinja2 as
 //! transformers' `apply_chat_template` renders them, for three conversations, or the fact that
 //! a template refused one. inferd's renderer must give the same prompt, character for
-//! character, or refuse too. Templates the golden file skips (today's date in the prompt;
-//! transformers' own `{% generation %}` tag, which Jinja2 alone cannot compile) are not
-//! rendered.
+//! character, or refuse too. Templates the golden file skips (those that print today's date)
+//! are not rendered.
 
 use std::collections::BTreeMap;
 use std::path::Path;

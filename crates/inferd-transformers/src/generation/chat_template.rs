@@ -2,8 +2,8 @@
 //! `chat_template` in `tokenizer_config.json`) rendered as Hugging Face's `apply_chat_template`
 //! renders it: Jinja2 with `trim_blocks` and `lstrip_blocks`, the variables `messages`,
 //! `add_generation_prompt`, `bos_token` and `eos_token`, the functions `raise_exception` and
-//! `strftime_now`, Python's string and dict methods, and a `tojson` that writes as Python's
-//! `json.dumps` does (keys sorted).
+//! `strftime_now`, Python's string and dict methods, a `tojson` that writes as Python's
+//! `json.dumps` does (keys sorted), and transformers' `{% generation %}` tag.
 
 use inferd_core::{ChatMessage, InferError};
 use minijinja::{Environment, Error, ErrorKind, Value, context};
@@ -33,7 +33,8 @@ impl ChatTemplate {
         });
         env.add_function("strftime_now", |format: String| strftime_now(&format));
         env.add_filter("tojson", tojson);
-        env.add_template_owned(NAME, source).map_err(|err| format!("the chat template does not compile: {err:#}"))?;
+        env.add_template_owned(NAME, generation_tags_as_plain_blocks(&source))
+            .map_err(|err| format!("the chat template does not compile: {err:#}"))?;
         Ok(Self { env, bos_token, eos_token })
     }
 
@@ -63,6 +64,40 @@ impl ChatTemplate {
 /// `tojson` close to Python's `json.dumps(value, ensure_ascii=False)`: `", "` and `": "`
 /// separators, or an indent when given, non-ASCII characters as they are. Object keys come out
 /// sorted (Python keeps insertion order).
+/// `source` with transformers' `{% generation %}…{% endgeneration %}` (which marks the
+/// assistant's tokens for training masks and renders its body unchanged) as `{% if true %}…
+/// {% endif %}`: the same output, whitespace control included, in a tag minijinja knows.
+fn generation_tags_as_plain_blocks(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        out.push_str(&rest[..start]);
+        let tag = &rest[start..];
+        let Some(end) = tag.find("%}") else { break };
+        let inner = &tag[2..end];
+        let body = inner.trim_start_matches(['-', '+']).trim_end_matches(['-', '+']);
+        let replacement = match body.trim() {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(word) => {
+                let keyword = inner.find(body.trim()).unwrap_or(0);
+                out.push_str("{%");
+                out.push_str(&inner[..keyword]);
+                out.push_str(word);
+                out.push_str(&inner[keyword + body.trim().len()..]);
+                out.push_str("%}");
+            }
+            None => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn tojson(value: Value, indent: Option<usize>) -> Result<Value, Error> {
     let json = serde_json::to_value(&value).map_err(|err| Error::new(ErrorKind::InvalidOperation, err.to_string()))?;
     let mut out = String::new();
@@ -188,6 +223,18 @@ mod tests {
         let err = template.render(&[message("tool", "x")]).unwrap_err().to_string();
         assert!(err.contains("bad role tool"), "{err}");
         assert!(ChatTemplate::new("{% for %}".into(), String::new(), String::new()).is_err());
+    }
+
+    #[test]
+    fn generation_tags_render_their_body() {
+        let source = "a\n{%- generation -%}\n  b {{ 1 + 1 }}\n{%- endgeneration %}\nc{% if x %}{% endif %}{{ '%}' }}";
+        assert_eq!(
+            generation_tags_as_plain_blocks(source),
+            "a\n{%- if true -%}\n  b {{ 1 + 1 }}\n{%- endif %}\nc{% if x %}{% endif %}{{ '%}' }}"
+        );
+        let template = ChatTemplate::new(source.into(), String::new(), String::new()).unwrap();
+        // As Jinja2 renders it (trim_blocks drops the line break after the closing tag).
+        assert_eq!(template.render(&[]).unwrap(), "ab 2c%}");
     }
 
     #[test]
