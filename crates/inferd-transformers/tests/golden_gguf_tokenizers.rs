@@ -7,8 +7,8 @@
 //! each text without special tokens (`.out`). They come with llama-cpp-python's source archive,
 //! unpacked by `models/fetch-models.sh` (the test command runs it first). inferd must give the
 //! same ids for every text, for byte-level BPE families (`gpt2` with the pre-tokenizers of
-//! GPT-2, MPT, Llama 3, Qwen2, StarCoder, Refact, Command-R and Falcon) and SentencePiece
-//! families (Llama 2's and Phi-3's vocabularies).
+//! GPT-2, MPT, Llama 3, Qwen2, Qwen3.5, StarCoder, Refact, Command-R, Falcon and DeepSeek Coder)
+//! and SentencePiece families (Llama 2's and Phi-3's vocabularies).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -19,8 +19,20 @@ use inferd_transformers::generation::codec::LlmCodec;
 use inferd_transformers::generation::gguf_tokenizer::{GgufVocabulary, from_gguf};
 
 /// The families inferd builds tokenizers for, as llama.cpp names their test files.
-const FAMILIES: [&str; 10] =
-    ["gpt-2", "llama-bpe", "qwen2", "llama-spm", "phi-3", "mpt", "starcoder", "refact", "command-r", "falcon"];
+const FAMILIES: [&str; 12] = [
+    "gpt-2",
+    "llama-bpe",
+    "qwen2",
+    "llama-spm",
+    "phi-3",
+    "mpt",
+    "starcoder",
+    "refact",
+    "command-r",
+    "falcon",
+    "deepseek-coder",
+    "qwen35",
+];
 /// The SentencePiece ones among them.
 const SENTENCEPIECE: [&str; 2] = ["llama-spm", "phi-3"];
 /// What follows each test text in an `.inp` file.

@@ -216,6 +216,18 @@ fn byte_level_bpe(content: &gguf_file::Content, tokens: &[String], path: &Path) 
             isolate("[0-9][0-9][0-9]")?,
         ])
         .into(),
+        // Line breaks, letter runs, punctuation runs, CJK runs and single digits, each isolated.
+        "deepseek-coder" => Sequence::new(vec![
+            isolate(r"[\r\n]")?,
+            isolate(r"\s?\p{L}+")?,
+            isolate(r"\s?\p{P}+")?,
+            isolate("[一-龥ࠀ-一가-퟿]+")?,
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into(),
+        // Qwen2's split without its NFC normalization: accents stay separate tokens.
+        "qwen35" => split(QWEN2_SPLIT)?,
         // GPT-2's split after every digit on its own.
         "smollm" | "starcoder" | "refact" | "command-r" => {
             Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
@@ -230,7 +242,7 @@ fn byte_level_bpe(content: &gguf_file::Content, tokens: &[String], path: &Path) 
                 path,
                 format!(
                     "tokenizer.ggml.pre '{other}' is not one inferd knows (default, gpt2, mpt, smollm, starcoder, \
-                     refact, command-r, llama3, qwen2, falcon); \
+                     refact, command-r, llama3, qwen2, qwen35, falcon, deepseek-coder); \
                      put the model's tokenizer.json beside the GGUF file"
                 ),
             ));
