@@ -25,9 +25,9 @@ Paths are resolved relative to this file, not the working directory.
 
 Prompt rendering. The template is the GGUF's `tokenizer.chat_template` metadata value,
 rendered with jinja2 the way Hugging Face transformers renders chat templates
-(transformers/utils/chat_template_utils.py): an ImmutableSandboxedEnvironment with
-trim_blocks=True, lstrip_blocks=True and the loopcontrols extension, a `tojson` filter
-(json.dumps, ensure_ascii=False), globals `raise_exception` and `strftime_now`, and the
+(hf_chat_template.py: an ImmutableSandboxedEnvironment with trim_blocks=True,
+lstrip_blocks=True, the loopcontrols extension and transformers' generation tag, a `tojson`
+filter (json.dumps, ensure_ascii=False), globals `raise_exception` and `strftime_now`), and the
 variables messages, add_generation_prompt=True, bos_token and eos_token (the texts of
 the GGUF's tokenizer.ggml.bos_token_id / eos_token_id). The same prompt is also produced
 with llama-cpp-python's own Jinja2ChatFormatter (what Llama.create_chat_completion
@@ -115,16 +115,15 @@ import hashlib
 import json
 import platform
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import jinja2
-import jinja2.ext
 import llama_cpp
 import numpy as np
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+import hf_chat_template
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO_ROOT / "models" / "smollm2-135m-instruct"
@@ -200,28 +199,6 @@ def f32(value):
     """A float32 as the Python float whose repr is the shortest decimal that reads back
     as the same float32."""
     return float(str(np.float32(value)))
-
-
-def hf_render(template, messages, bos_token, eos_token):
-    """Render a chat template the way transformers' apply_chat_template does."""
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
-
-    def strftime_now(fmt):
-        return datetime.now().strftime(fmt)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True,
-                                            bos_token=bos_token, eos_token=eos_token)
 
 
 def builtin_render(template, messages):
@@ -332,7 +309,7 @@ def main():
     builtin_diffs = []
     cases = []
     for name, messages in CASES:
-        prompt = hf_render(template, messages, bos_token, eos_token)
+        prompt = hf_chat_template.render(template, messages, bos_token, eos_token)
         lcp_prompt = formatter(messages=messages).prompt
         assert lcp_prompt == prompt, f"{name}: Jinja2ChatFormatter renders {lcp_prompt!r}, HF-style {prompt!r}"
         builtin = builtin_render(template, messages)
@@ -439,7 +416,7 @@ def main():
         "chat_template": template,
         "template_rendering": {
             "hf_style": "jinja2 ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, "
-                        "extensions=[loopcontrols]); tojson filter (ensure_ascii=False); globals "
+                        "extensions=[generation, loopcontrols]); tojson filter (ensure_ascii=False); globals "
                         "raise_exception, strftime_now; variables messages, add_generation_prompt=True, "
                         "bos_token, eos_token (texts of tokenizer.ggml.bos_token_id / eos_token_id)",
             "llama_cpp_python_formatter": "same for every case",

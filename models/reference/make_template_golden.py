@@ -4,11 +4,8 @@
 llama.cpp keeps the chat templates of many models (`models/templates/*.jinja` in its tree,
 vendored in llama-cpp-python's source archive, which `models/fetch-models.sh` unpacks into
 `models/llama-cpp-models/`). This renders each with Jinja2 the way Hugging Face transformers'
-`apply_chat_template` does (as `make_chat_golden.py` does: an ImmutableSandboxedEnvironment
-with trim_blocks, lstrip_blocks and loopcontrols, a `tojson` filter over json.dumps with
-ensure_ascii=False, globals `raise_exception` and `strftime_now`, and transformers'
-`{% generation %}` tag), for a few conversations,
-with `add_generation_prompt` and the variables inferd passes (`messages`, `bos_token`,
+`apply_chat_template` does (hf_chat_template.py, which make_chat_golden.py uses too), for a few
+conversations, with `add_generation_prompt` and the variables inferd passes (`messages`, `bos_token`,
 `eos_token`), and records each rendered prompt, or that the template refused the conversation.
 `crates/inferd-transformers/tests/golden_chat_templates.rs` holds inferd's renderer to it.
 
@@ -20,11 +17,10 @@ import hashlib
 import json
 import os
 import sys
-from datetime import datetime
 
 import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+import hf_chat_template
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEMPLATES = os.path.join(ROOT, "models", "llama-cpp-models", "templates")
@@ -47,44 +43,10 @@ CONVERSATIONS = {
 }
 
 
-class GenerationTag(jinja2.ext.Extension):
-    """transformers' `{% generation %}...{% endgeneration %}`: marks the assistant's part of
-    the prompt (for training masks) and renders its body unchanged."""
-
-    tags = {"generation"}
-
-    def parse(self, parser):
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-    def _body(self, caller):
-        return caller()
-
-
-def environment():
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
-
-    def strftime_now(fmt):
-        return datetime.now().strftime(fmt)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    return env
-
-
 def main():
     if not os.path.isdir(TEMPLATES):
         sys.exit(f"{TEMPLATES} is missing: run models/fetch-models.sh")
-    env = environment()
+    env = hf_chat_template.environment()
     templates = {}
     for name in sorted(os.listdir(TEMPLATES)):
         if not name.endswith(".jinja"):
