@@ -17,7 +17,22 @@ pub struct IncrementalText {
     read_offset: usize,
 }
 
+/// Prompt tokens decoded before the first generated one (as vLLM does): enough for a
+/// SentencePiece decoder, which drops the space at the start of a text, to see that the first
+/// generated word follows others.
+const PROMPT_CONTEXT: usize = 5;
+
 impl IncrementalText {
+    /// Text generated after `prompt`: its last tokens are decoded with the first generated
+    /// ones, never emitted, so that the first token's text is what it adds after the prompt
+    /// (` Paris`, not `Paris`, from a SentencePiece token `▁Paris`), as the tokens' own bytes
+    /// (logprobs) and llama.cpp's server give it.
+    pub fn after_prompt(prompt: &[u32]) -> Self {
+        let ids = prompt[prompt.len().saturating_sub(PROMPT_CONTEXT)..].to_vec();
+        let read_offset = ids.len();
+        Self { ids, prefix_offset: 0, read_offset }
+    }
+
     /// Adds `id` and returns the text it completes (possibly empty).
     pub fn push(&mut self, codec: &dyn TextCodec, id: u32) -> String {
         self.ids.push(id);
@@ -137,6 +152,40 @@ mod tests {
         let mut cut = IncrementalText::default();
         assert_eq!(cut.push(&codec, 1), "");
         assert_eq!(cut.finish(&codec), "\u{FFFD}");
+    }
+
+    /// A SentencePiece-style decoder: `_` is a space, and one space at the start of the text
+    /// is dropped.
+    struct Spm(Vec<&'static str>);
+
+    impl TextCodec for Spm {
+        fn render_chat(&self, _: &[ChatMessage]) -> Result<String, InferError> {
+            Ok(Default::default())
+        }
+        fn encode(&self, _: &str, _: bool) -> Result<Vec<u32>, InferError> {
+            Ok(Default::default())
+        }
+        fn decode(&self, ids: &[u32]) -> String {
+            let text: String = ids.iter().map(|&id| self.0[id as usize].replace('_', " ")).collect();
+            text.strip_prefix(' ').map(str::to_string).unwrap_or(text)
+        }
+        fn token_bytes(&self, id: u32) -> Vec<u8> {
+            self.0[id as usize].replace('_', " ").into_bytes()
+        }
+    }
+
+    #[test]
+    fn the_first_token_keeps_its_space_after_the_prompt() {
+        let codec = Spm(vec!["_Hello", "_world", "_Paris", "_is", "\n"]);
+        let mut text = IncrementalText::after_prompt(&[0, 1]);
+        let pieces: Vec<String> = [2, 3].iter().map(|&id| text.push(&codec, id)).collect();
+        assert_eq!(pieces, vec![" Paris", " is"]);
+        // A prompt longer than the context, and one ending in a line break.
+        let mut text = IncrementalText::after_prompt(&[0, 1, 0, 1, 0, 1, 4]);
+        assert_eq!(text.push(&codec, 2), " Paris");
+        assert_eq!(text.finish(&codec), "");
+        // Without the prompt, the decoder drops the space.
+        assert_eq!(IncrementalText::default().push(&codec, 2), "Paris");
     }
 
     #[test]

@@ -222,6 +222,7 @@ impl Running {
             ));
         }
         let prompt_tokens = prompt.len();
+        let text = IncrementalText::after_prompt(&prompt);
         let request = GenerationRequest {
             prompt,
             max_tokens: prepared.max_tokens,
@@ -237,7 +238,7 @@ impl Running {
         Ok(Self {
             stream: Some(stream),
             codec: Arc::clone(service.codec()),
-            text: IncrementalText::default(),
+            text,
             stop: StopMatch::new(prepared.stops.clone()),
             pending: VecDeque::new(),
             completion_tokens: 0,
