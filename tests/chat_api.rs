@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, embedding_model, llm_model};
+use common::{ChatStream, Server, chat_request, embedding_model, llm_model, sse_events};
 use serde_json::{Value, json};
 
 const MODEL: &str = "smollm2-135m-instruct";
@@ -19,48 +19,7 @@ async fn server(extra: &str) -> Server {
 }
 
 fn chat(content: &str, extra: Value) -> Value {
-    let mut body = json!({ "model": MODEL, "messages": [{ "role": "user", "content": content }], "temperature": 0 });
-    for (key, value) in extra.as_object().unwrap() {
-        body[key] = value.clone();
-    }
-    body
-}
-
-/// Reads a streamed response to its end: the `data:` payloads, `[DONE]` included.
-async fn events(response: reqwest::Response) -> Vec<String> {
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let text = response.text().await.unwrap();
-    text.split("\n\n")
-        .filter(|event| !event.trim().is_empty())
-        .map(|event| {
-            event.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {event}")).to_string()
-        })
-        .collect()
-}
-
-/// The text of a chat stream's deltas, the finish reason and the usage chunk.
-fn chat_stream_text(events: &[String]) -> (String, String, Option<Value>) {
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
-    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let mut text = String::new();
-    let mut finish = String::new();
-    let mut usage = None;
-    for chunk in &chunks {
-        assert_eq!(chunk["object"], "chat.completion.chunk");
-        assert_eq!(chunk["id"], chunks[0]["id"]);
-        if let Some(choice) = chunk["choices"].get(0) {
-            text.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                finish = reason.to_string();
-            }
-        }
-        if !chunk["usage"].is_null() {
-            usage = Some(chunk["usage"].clone());
-        }
-    }
-    (text, finish, usage)
+    chat_request(MODEL, content, extra)
 }
 
 #[tokio::test]
@@ -98,10 +57,10 @@ async fn chat_plain_and_streamed_agree_in_openai_shape() {
             ),
         )
         .await;
-    let (streamed_text, finish, usage) = chat_stream_text(&events(streamed).await);
-    assert_eq!(streamed_text, text);
-    assert_eq!(finish, choice["finish_reason"].as_str().unwrap());
-    assert_eq!(usage.unwrap(), body["usage"]);
+    let stream = ChatStream::read(&sse_events(streamed).await);
+    assert_eq!(stream.text(), text);
+    assert_eq!(stream.finish, choice["finish_reason"].as_str().unwrap());
+    assert_eq!(stream.usage.unwrap(), body["usage"]);
 
     // Legacy completions, with a prompt of token ids and with logprobs.
     let response = server
@@ -288,7 +247,7 @@ async fn eight_concurrent_streams_each_get_their_own_greedy_tokens() {
     }
     let together = futures_util::future::join_all(prompts.iter().map(|prompt| {
         let request = server.client.post(server.url("/v1/chat/completions")).json(&body(prompt, true)).send();
-        async move { chat_stream_text(&events(request.await.unwrap()).await).0 }
+        async move { ChatStream::read(&sse_events(request.await.unwrap()).await).text() }
     }))
     .await;
     for (i, (alone, together)) in alone.iter().zip(&together).enumerate() {

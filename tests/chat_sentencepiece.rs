@@ -23,7 +23,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use common::Server;
+use common::{ChatStream, Server, chat_request, sse_events};
 use serde_json::{Value as Json, json};
 
 const MODEL: &str = "tiny-phi3-vocab";
@@ -140,11 +140,7 @@ async fn server(dir: &Path) -> Server {
 }
 
 fn chat(content: &str, extra: Json) -> Json {
-    let mut body = json!({ "model": MODEL, "messages": [{ "role": "user", "content": content }], "temperature": 0 });
-    for (key, value) in extra.as_object().unwrap() {
-        body[key] = value.clone();
-    }
-    body
+    chat_request(MODEL, content, extra)
 }
 
 #[tokio::test]
@@ -172,23 +168,13 @@ async fn a_sentencepiece_gguf_without_tokenizer_json_serves_chat_and_completions
             &chat("Where is the Eiffel Tower?", json!({ "stream": true, "stream_options": { "include_usage": true } })),
         )
         .await;
-    assert_eq!(streamed.status(), 200);
-    let text = streamed.text().await.unwrap();
-    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.trim().is_empty()).collect();
-    assert_eq!(*events.last().unwrap(), "data: [DONE]");
-    let chunks: Vec<Json> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
-        .collect();
-    let deltas: Vec<&str> = chunks
-        .iter()
-        .filter_map(|chunk| chunk["choices"].get(0).and_then(|choice| choice["delta"]["content"].as_str()))
-        .filter(|delta| !delta.is_empty())
-        .collect();
-    assert_eq!(deltas.concat(), ANSWER_TEXT);
-    assert!(deltas.contains(&"\u{2615}"), "{deltas:?}");
+    let stream = ChatStream::read(&sse_events(streamed).await);
+    let deltas = &stream.deltas;
+    assert_eq!(stream.text(), ANSWER_TEXT);
+    assert!(deltas.iter().any(|delta| delta == "\u{2615}"), "{deltas:?}");
     assert!(deltas.iter().all(|delta| !delta.contains('\u{FFFD}')), "{deltas:?}");
-    assert_eq!(chunks.last().unwrap()["usage"], body["usage"]);
+    assert_eq!(stream.finish, "stop");
+    assert_eq!(stream.usage.unwrap(), body["usage"]);
 
     // Completions: `Hello world` is `<s> ▁Hello ▁world` (BOS from `add_bos_token`); the text
     // keeps the first token's space, and the logprobs' tokens spell it.

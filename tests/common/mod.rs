@@ -227,3 +227,69 @@ pub fn run_inferd(args: &[&str], dir: &Path) -> (ExitStatus, String) {
         .unwrap();
     (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
 }
+
+/// A chat request for `model` with one user message, greedy, with extra fields.
+pub fn chat_request(model: &str, content: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut body =
+        serde_json::json!({ "model": model, "messages": [{ "role": "user", "content": content }], "temperature": 0 });
+    for (key, value) in extra.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    body
+}
+
+/// Reads a streamed response to its end: the `data:` payloads, `[DONE]` included.
+pub async fn sse_events(response: reqwest::Response) -> Vec<String> {
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.unwrap();
+    text.split("\n\n")
+        .filter(|event| !event.trim().is_empty())
+        .map(|event| {
+            event.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {event}")).to_string()
+        })
+        .collect()
+}
+
+/// A streamed chat completion, read to its end.
+pub struct ChatStream {
+    /// The chunks' non-empty content deltas, in order.
+    pub deltas: Vec<String>,
+    /// The finish reason.
+    pub finish: String,
+    /// The usage chunk's usage, when one came.
+    pub usage: Option<serde_json::Value>,
+}
+
+impl ChatStream {
+    /// Reads a chat stream's events (from [`sse_events`]), checking the chunks' shape.
+    pub fn read(events: &[String]) -> ChatStream {
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        let chunks: Vec<serde_json::Value> =
+            events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let mut stream = ChatStream { deltas: Vec::new(), finish: String::new(), usage: None };
+        for chunk in &chunks {
+            assert_eq!(chunk["object"], "chat.completion.chunk");
+            assert_eq!(chunk["id"], chunks[0]["id"]);
+            if let Some(choice) = chunk["choices"].get(0) {
+                match choice["delta"]["content"].as_str() {
+                    Some(delta) if !delta.is_empty() => stream.deltas.push(delta.to_string()),
+                    _ => {}
+                }
+                if let Some(reason) = choice["finish_reason"].as_str() {
+                    stream.finish = reason.to_string();
+                }
+            }
+            if !chunk["usage"].is_null() {
+                stream.usage = Some(chunk["usage"].clone());
+            }
+        }
+        stream
+    }
+
+    /// The streamed text.
+    pub fn text(&self) -> String {
+        self.deltas.concat()
+    }
+}
