@@ -2,6 +2,13 @@
 //! 4, 8 and 16 sequences in the batch (tokens per second = sequences / step time), with
 //! SmolLM2-135M-Instruct (GGUF, Q4_1).
 //!
+//! A third group times the model's main matrix product alone: one pass of the Q4_1 product over
+//! 48 matrices of the feed-forward's shape (3,072 × 576, 53 MB in all, more than the CPU's last
+//! cache, as the model's 85 MB are), for 1 and for 8 activation rows. Its two throughputs
+//! bound how much 8 decoding streams can gain over one on this machine: with one row the pass
+//! waits on memory, with eight on the integer arithmetic, and the rest of a step (attention
+//! above all) costs per sequence.
+//!
 //! `cargo bench --bench generation` (run `models/fetch-models.sh` first). Generation runs on
 //! the CPU in this version; `benches/chat_vs_llama_cpp.py` runs llama.cpp beside the server on
 //! the same model and prints the ratios.
@@ -14,6 +21,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use inferd::core::{CausalLm, Device, SequenceStep, TextCodec};
 use inferd::transformers::generation::LlamaEngineCache;
+use inferd::transformers::quant::{BlockFormat, BlockMatrix, Interleaved, Q4_1_BYTES, QuantizedRows};
 use inferd::transformers::{GenerationOptions, LoadedGeneration, ModelSource, load_generation};
 
 const STREAMS: [usize; 4] = [1, 4, 8, 16];
@@ -72,5 +80,54 @@ fn generation(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, generation);
+/// Q4_1 matrices of the feed-forward's shape with random values, scales like a trained model's
+/// (`d` ≈ 0.01, `m` ≈ −0.08).
+fn random_q4_1(count: usize, rows: usize, columns: usize) -> Vec<Interleaved> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..count)
+        .map(|_| {
+            let mut bytes = vec![0u8; rows * columns / 32 * Q4_1_BYTES];
+            for block in bytes.chunks_exact_mut(Q4_1_BYTES) {
+                let d = half::f16::from_f32(0.005 + (next() % 1000) as f32 * 1e-5);
+                let m = half::f16::from_f32(-0.04 - (next() % 1000) as f32 * 8e-5);
+                block[0..2].copy_from_slice(&d.to_le_bytes());
+                block[2..4].copy_from_slice(&m.to_le_bytes());
+                block[4..].iter_mut().for_each(|b| *b = next() as u8);
+            }
+            Interleaved::new(&BlockMatrix::new(BlockFormat::Q4_1, rows, columns, bytes).unwrap())
+        })
+        .collect()
+}
+
+fn products(c: &mut Criterion) {
+    const MATRICES: usize = 48;
+    let (rows, columns) = (3072, 576);
+    let matrices = random_q4_1(MATRICES, rows, columns);
+    let mut group = c.benchmark_group("q4_1-product-3072x576x48/cpu");
+    group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    for activation_rows in [1usize, 8] {
+        let x: Vec<f32> = (0..activation_rows * columns).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let mut quantized = QuantizedRows::default();
+        quantized.quantize(&x, activation_rows, columns);
+        let mut out = vec![0f32; activation_rows * rows];
+        // Elements: multiply-adds.
+        group.throughput(Throughput::Elements((activation_rows * MATRICES * rows * columns) as u64));
+        group.bench_with_input(BenchmarkId::new("rows", activation_rows), &activation_rows, |b, _| {
+            b.iter(|| {
+                for matrix in &matrices {
+                    matrix.matmul(&quantized, &mut out);
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, generation, products);
 criterion_main!(benches);

@@ -7,14 +7,16 @@
 //! - [`embedding`]: sentence-transformers pipelines (pooling, normalisation) loaded into what
 //!   inferd-core's `EmbeddingService` serves;
 //! - [`generation`]: llama-family text generation (GGUF and safetensors) for inferd-core's
-//!   `GenerationService`.
+//!   `GenerationService`;
+//! - [`quant`]: the quantized matrix products of the native generation engine (public for
+//!   benchmarks and for embedding them elsewhere).
 
 pub mod bert;
 pub mod embedding;
 pub mod error;
 pub mod generation;
 mod kernels;
-mod quant;
+pub mod quant;
 pub mod source;
 pub mod tokenizer;
 

@@ -25,7 +25,7 @@ mod interleaved;
 use half::f16;
 use rayon::prelude::*;
 
-pub use interleaved::Interleaved;
+pub use interleaved::{GROUP, Interleaved};
 
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
