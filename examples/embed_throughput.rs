@@ -1,7 +1,7 @@
 //! Times inferd's embedding engines on texts from a JSON file (an array of strings): tokenizing
 //! and embedding `batch` texts at a time, as `SentenceTransformer.encode` does, and prints one
 //! JSON line per batch size. `benches/embeddings_vs_sentence_transformers.py` runs it beside
-//! sentence-transformers; `cargo bench --bench embeddings` is the criterion suite.
+//! sentence-transformers; `cargo bench -- embeddings` is the criterion suite.
 //!
 //! ```sh
 //! cargo run --release --example embed_throughput -- models/all-minilm-l6-v2 texts.json 1,8,32,128 native 2

@@ -1,6 +1,6 @@
 //! Times inferd's tree engines on a model's golden rows, tiled to each batch size, and prints one
 //! JSON line per measurement. `benches/trees_vs_libraries.py` runs it beside XGBoost's and
-//! LightGBM's own predictors; `cargo bench --bench classical` is the criterion suite.
+//! LightGBM's own predictors; `cargo bench -- trees/` is the criterion suite.
 //!
 //! ```sh
 //! cargo run --release --example forest_throughput -- xgboost models/breast-cancer-xgboost/model.json \

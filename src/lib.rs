@@ -9,7 +9,8 @@
 //! - [`classical`]: linear and logistic regression, XGBoost and LightGBM trees;
 //! - [`transformers`]: tokenizers, model sources (folders, the Hugging Face hub), sentence
 //!   embeddings;
-//! - [`server`]: the HTTP APIs (Open Inference Protocol, OpenAI-compatible).
+//! - [`server`]: the HTTP APIs (Open Inference Protocol, OpenAI-compatible);
+//! - [`advise`]: the load generator, the VM catalogue and cost model, the CPU-or-GPU report.
 
 pub mod config;
 pub mod load;
@@ -17,6 +18,7 @@ pub mod load;
 use std::future::Future;
 use std::sync::Arc;
 
+pub use inferd_advise as advise;
 pub use inferd_classical as classical;
 pub use inferd_core as core;
 pub use inferd_server as server;

@@ -1,5 +1,7 @@
 //! The `inferd` command line.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,6 +23,11 @@ struct Cli {
 enum Command {
     /// Serve the configured models over HTTP until SIGTERM or Ctrl-C.
     Serve(Box<ServeArgs>),
+    /// Load-test a running server (inferd or any OpenAI / Open Inference Protocol server).
+    Bench(Box<cli::bench::BenchArgs>),
+    /// Turn `cargo bench` results and `inferd bench` reports into a CPU-or-GPU report with
+    /// replicas and costs per VM size.
+    Advise(Box<cli::advise::AdviseArgs>),
     /// Print the SHA-256 of an API key read from standard input, as `[server.auth]` keys take it.
     HashKey,
 }
@@ -173,6 +180,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(inferd::serve(config, inferd::server::shutdown_signal()))?;
             Ok(())
         }
+        Command::Bench(args) => cli::bench::run(*args),
+        Command::Advise(args) => cli::advise::run(*args),
         Command::HashKey => {
             let mut key = String::new();
             std::io::stdin().read_line(&mut key).context("cannot read the key from standard input")?;

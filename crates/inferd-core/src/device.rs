@@ -109,6 +109,23 @@ pub fn device_name(device: &Device) -> String {
     }
 }
 
+/// The product name the NVIDIA driver reports for CUDA device `ordinal` (`NVIDIA A10`, `Tesla
+/// T4`), read through NVML; `None` in builds without the `nvml` feature (part of `cuda`) or where
+/// NVML cannot be opened. Benchmarks and reports use it to say which GPU a figure comes from.
+pub fn cuda_device_name(ordinal: usize) -> Option<String> {
+    #[cfg(feature = "nvml")]
+    {
+        let nvml = nvml_wrapper::Nvml::init().ok()?;
+        let index = u32::try_from(ordinal).ok()?;
+        nvml.device_by_index(index).ok()?.name().ok()
+    }
+    #[cfg(not(feature = "nvml"))]
+    {
+        let _ = ordinal;
+        None
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn open_cuda(ordinal: usize) -> Result<Device, String> {
     // Opening a device goes through the driver API; guard against a panic in the bindings so

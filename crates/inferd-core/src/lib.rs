@@ -17,7 +17,7 @@ pub mod registry;
 pub mod tabular;
 
 pub use batcher::{BatchItem, BatchModel, BatchPolicy, BatchStats, Batcher, Completed};
-pub use device::{Device, DeviceError, DeviceSpec, device_name};
+pub use device::{Device, DeviceError, DeviceSpec, cuda_device_name, device_name};
 pub use embedding::{EmbeddingInfo, EmbeddingModel, EmbeddingService, TextEncoder, TextInput, TokenizedInputs};
 pub use engine::{Engine, Precision};
 pub use error::InferError;
