@@ -87,6 +87,56 @@ if grep -q -e "$test_key" -e "$limited_key" "$auth_log"; then
   exit 1
 fi
 
+# The decision tooling end to end: `inferd bench` against the running server for a tabular, an
+# embedding and a chat model, closed and open loops; the benchmark suite in quick mode (every
+# family on the CPU; it must say that the GPU groups were skipped); `inferd advise` over both;
+# and the HTML report rendered in headless Chromium (Debian's package, installed if missing).
+echo "== inferd bench, cargo bench (quick), inferd advise" >&2
+advise_dir="$root/target/advise-test"
+rm -rf "$advise_dir"
+mkdir -p "$advise_dir"
+target/debug/inferd bench --url "http://127.0.0.1:$port" --model breast-cancer-xgboost --api v2 --quiet \
+  --profile sweep --max-concurrency 8 --sweep-rates 2 --duration 2s --json "$advise_dir/trees.json" \
+  --csv "$advise_dir/trees.csv"
+target/debug/inferd bench --url "http://127.0.0.1:$port" --model all-minilm-l6-v2 --api embeddings --quiet \
+  --profile constant --rate 10,20 --duration 2s --json "$advise_dir/embed.json"
+target/debug/inferd bench --url "http://127.0.0.1:$port" --model smollm2-135m-instruct --api chat --quiet \
+  --profile concurrent --concurrency 1,4 --input-words 64 --output-tokens 16 --duration 3s \
+  --json "$advise_dir/chat.json"
+INFERD_BENCH_QUICK=1 cargo bench --bench suite 2>"$advise_dir/bench.log" >/dev/null || {
+  cat "$advise_dir/bench.log" >&2
+  exit 1
+}
+"$venv/bin/python" - "$advise_dir/bench.log" "$root/target/criterion/inferd-suite.json" <<'PY'
+import json, sys
+log, manifest = open(sys.argv[1]).read(), json.load(open(sys.argv[2]))
+assert "GPU groups skipped" in log, "the suite must say that the GPU groups were skipped"
+families = {name.split("/")[0] for name in manifest["benchmarks"]}
+for family in ["linear", "trees", "embeddings-short", "embeddings-medium", "prefill-medium", "decode-short"]:
+    assert family in families, f"the quick suite did not measure {family}: {sorted(families)}"
+assert manifest["runs"][-1]["quick"] and manifest["runs"][-1]["gpu_skipped"]
+PY
+target/debug/inferd advise --workloads examples/advise/workloads.toml --criterion target/criterion \
+  --bench "$advise_dir/trees.json" --bench "$advise_dir/embed.json" --bench "$advise_dir/chat.json" \
+  --out "$advise_dir/report" >"$advise_dir/verdicts.txt"
+grep -q "breast-cancer-xgboost: CPU is enough" "$advise_dir/verdicts.txt"
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+fi
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
+  --disable-component-update --disable-sync --user-data-dir="$advise_dir/chromium" --hide-scrollbars \
+  --window-size=1280,2000 --screenshot="$advise_dir/report.png" "file://$advise_dir/report/report.html" \
+  >/dev/null 2>&1
+"$venv/bin/python" - "$advise_dir/report.png" <<'PY'
+import struct, sys
+png = open(sys.argv[1], "rb").read()
+assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+width, height = struct.unpack(">II", png[16:24])
+assert (width, height) == (1280, 2000), (width, height)
+# A blank page compresses to a few kilobytes; the report's text and charts do not.
+assert len(png) > 100_000, f"the screenshot is only {len(png)} bytes: did the page render?"
+PY
+
 # Overload: 4x the measured capacity for 10 s; every request must be answered (200, or 429/503
 # with Retry-After), memory must stay flat, and the server must serve at once afterwards.
 echo "== overload test" >&2
