@@ -63,7 +63,7 @@ impl Suite {
         if let Some(reason) = &gpu_skipped {
             eprintln!("GPU groups skipped: {reason}");
         }
-        let started = humantime_serde::re::humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let started = inferd::advise::now_rfc3339();
         Self { quick, devices, gpu_skipped, host, started, ids: Vec::new() }
     }
 

@@ -16,19 +16,10 @@ const MODEL: &str = "all-minilm-l6-v2";
 const BATCHES: [usize; 5] = [1, 8, 32, 64, 128];
 const QUICK_BATCHES: [usize; 3] = [1, 8, 32];
 
-/// Words to build texts from; any English works, the token counts are what matter.
-const WORDS: &[&str] = &[
-    "the", "server", "answers", "requests", "from", "many", "clients", "while", "its", "queue", "stays", "short",
-    "and", "each", "batch", "runs", "on", "two", "cores", "with", "little", "waste", "between", "texts", "of",
-    "similar", "length", "so", "delay", "remains", "low", "under", "load", "during", "busy", "hours",
-];
-
-/// `count` texts of `words` words each; every word is one token, so with [CLS] and [SEP] a text
-/// is `words + 2` tokens.
+/// `count` different texts of `words` words each (ordinary words, one token each), as `inferd
+/// bench` sends them; with [CLS] and [SEP] a text is `words + 2` tokens.
 fn texts(count: usize, words: usize) -> Vec<String> {
-    (0..count)
-        .map(|i| (0..words).map(|w| WORDS[(i * 7 + w * 13 + w * w) % WORDS.len()]).collect::<Vec<_>>().join(" "))
-        .collect()
+    (0..count as u64).map(|seed| inferd::advise::load::payload::text(seed, words)).collect()
 }
 
 fn variants(suite: &Suite, on_gpu: bool) -> Vec<(Option<&'static str>, EmbeddingOptions)> {

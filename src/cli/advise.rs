@@ -14,8 +14,8 @@ use inferd::advise::{Inputs, advise, report};
 /// Flags of `inferd advise`.
 #[derive(clap::Args)]
 pub struct AdviseArgs {
-    /// criterion's folder, as `cargo bench` wrote it [default: target/criterion when it holds
-    /// inferd's suite manifest].
+    /// criterion's folder, as `cargo bench` wrote it [default: target/criterion (or under
+    /// $CARGO_TARGET_DIR, or $CRITERION_HOME) when it holds inferd's suite manifest].
     #[arg(long)]
     criterion: Option<PathBuf>,
     /// An `inferd bench --json` report (repeatable).
@@ -114,7 +114,7 @@ pub fn run(args: AdviseArgs) -> anyhow::Result<()> {
     let criterion = match &args.criterion {
         Some(folder) => Some(criterion::read(folder)?),
         None => {
-            let folder = criterion::output_folder(std::path::Path::new("target"));
+            let folder = criterion::default_folder();
             if folder.join(criterion::MANIFEST).is_file() { Some(criterion::read(&folder)?) } else { None }
         }
     };
@@ -136,7 +136,7 @@ pub fn run(args: AdviseArgs) -> anyhow::Result<()> {
         "no measurements: run `cargo bench` (its results are read from target/criterion) or give --bench files \
          from `inferd bench --json`"
     );
-    let generated = humantime_serde::re::humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let generated = inferd::advise::now_rfc3339();
     let report = advise(&Inputs { criterion, benches, catalogue, workloads, generated })?;
     for assessment in &report.assessments {
         println!("{}: {}\n", assessment.workload.model, assessment.verdict.text);

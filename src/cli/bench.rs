@@ -43,7 +43,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "10s", value_parser = seconds)]
     duration: f64,
     /// Requests each point sends at most.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     max_requests: u64,
     /// Requests an open loop keeps outstanding at most; beyond it requests go out late, and the
     /// table says how late.
@@ -124,6 +124,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    anyhow::ensure!(args.timeout > 0.0, "--timeout must be positive");
     anyhow::ensure!(args.rows > 0, "--rows must be at least 1");
     let loopback = load::is_loopback(&args.url);
     let measured_on = match (&args.measured_on, loopback) {
@@ -157,7 +158,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         progress: !args.quiet,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let started = humantime_serde::re::humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let started = inferd::advise::now_rfc3339();
     let points = runtime.block_on(async {
         if args.api == Api::V2 && test.body.is_none() && args.features.is_none() {
             let width = test.read_v2_features().await?;
@@ -189,6 +190,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         points,
     };
     println!("{}", load::output::table(&report));
+    for point in &report.points {
+        for (label, example) in &point.summary.error_examples {
+            eprintln!("{} {}: {label}: {example}", point.profile, point.load);
+        }
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).context("cannot write the JSON")?;
         std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;

@@ -45,7 +45,9 @@ fn measured_models(inputs: &Inputs) -> Vec<String> {
     let mut models: Vec<String> = inputs
         .criterion
         .iter()
-        .flat_map(|results| results.measured.iter().map(|(measured, _)| measured.id.model.clone()))
+        .flat_map(|results| results.measured.iter())
+        .filter(|(measured, _)| Kind::of_family(&measured.id.family).is_some())
+        .map(|(measured, _)| measured.id.model.clone())
         .chain(inputs.benches.iter().map(|(_, report)| report.model.clone()))
         .collect();
     models.sort();
@@ -101,14 +103,20 @@ pub fn advise(inputs: &Inputs) -> Result<Report, AdviseError> {
         }
         let Some(kind) = found.first().map(|evidence| evidence.kind) else {
             let known = measured_models(inputs);
-            return Err(AdviseError::NotMeasured {
-                model: workload.model.clone(),
-                known: if known.is_empty() {
-                    "no measurements were given (--criterion, --bench)".to_string()
-                } else {
-                    format!("the measurements cover {}", known.join(", "))
-                },
-            });
+            let mut known = if known.is_empty() {
+                "no measurements were given (--criterion, --bench)".to_string()
+            } else {
+                format!("the measurements cover {}", known.join(", "))
+            };
+            if known.contains(&workload.model) && workload.tokens_per_request().is_none() {
+                known.push_str(
+                    "; cargo bench's generation figures need the workload's prompt_tokens and completion_tokens",
+                );
+            }
+            for reason in skipped.iter().filter(|reason| reason.contains(&workload.model)) {
+                known.push_str(&format!("; {reason}"));
+            }
+            return Err(AdviseError::NotMeasured { model: workload.model.clone(), known });
         };
         found.retain(|evidence| evidence.kind == kind);
         if kind == Kind::Generation && workload.tokens_per_request().is_none() {

@@ -11,7 +11,7 @@
 //!   by the share of GPU the size gets (count × fraction); else a published figure for that GPU
 //!   and model (other software's); else projected from a measurement, then from a published
 //!   figure, on another GPU by `r = min(FLOPS ratio, memory-bandwidth ratio)` (FP16 tensor FLOPS,
-//!   FP32 for an `f32`/`f64` engine): throughput × r × share, latency ÷ r.
+//!   FP32 for tabular models and for `f32`/`f64` engines): throughput × r × share, latency ÷ r.
 //!
 //! A partial GPU (NVadsA10 v5's 1/6, 1/3, 1/2 of an A10) gets its share of the throughput; its
 //! latency is taken as the whole GPU's, which holds while the other slices are idle.
@@ -84,7 +84,7 @@ pub fn estimate(
         let found = &evidence[index];
         return Some(Estimate {
             basis: Basis::Measured,
-            how: format!("measured on {name} by {}", method_words(found.method)),
+            how: format!("measured on {name} by {}", found.method.tool()),
             scaling: "as measured".to_string(),
             evidence: Some(index),
             method: Some(found.method),
@@ -110,13 +110,6 @@ fn scaled(points: &[OperatingPoint], throughput: f64, latency: f64) -> Vec<Opera
             ..point.clone()
         })
         .collect()
-}
-
-fn method_words(method: Method) -> &'static str {
-    match method {
-        Method::EndToEnd => "inferd bench",
-        Method::Compute => "cargo bench",
-    }
 }
 
 /// An estimate projected from `evidence[index]`.
@@ -169,7 +162,7 @@ fn cpu_estimate(size: &Size, evidence: &[Evidence]) -> Option<Estimate> {
         format!(
             "projected from {vcpus} vCPUs of {cpu} ({isa}) measured by {}: throughput × {}/{vcpus} vCPUs, latency as \
              measured",
-            method_words(found.method),
+            found.method.tool(),
             size.vcpus
         ),
         scaling,
@@ -180,8 +173,8 @@ fn cpu_estimate(size: &Size, evidence: &[Evidence]) -> Option<Estimate> {
 }
 
 /// The ratio by which a workload on GPU `from` speeds up on GPU `to`: the smaller of the FLOPS
-/// and the bandwidth ratios (FP32 FLOPS for `f32`/`f64` engines, FP16 tensor FLOPS otherwise),
-/// with the sum in words.
+/// and the bandwidth ratios (FP32 FLOPS when `fp32`, FP16 tensor FLOPS otherwise), with the sum
+/// in words.
 pub fn gpu_ratio(catalogue: &Catalogue, from: &str, to: &str, fp32: bool) -> Option<(f64, String)> {
     let (a, b) = (catalogue.gpus.get(from)?, catalogue.gpus.get(to)?);
     let (flops_a, flops_b, which) =
@@ -236,7 +229,7 @@ fn gpu_estimate(
                 *index,
                 format!(
                     "projected from {product} measured by {}: throughput × {} GPU share",
-                    method_words(evidence[*index].method),
+                    evidence[*index].method.tool(),
                     number(factor)
                 ),
                 format!("× {} GPU share", number(factor)),
@@ -285,7 +278,7 @@ fn gpu_estimate(
             *index,
             format!(
                 "projected from {product} measured by {} {ratio_how}, × {} GPU share; latency ÷ {}",
-                method_words(found.method),
+                found.method.tool(),
                 number(share / gpus),
                 number(ratio)
             ),

@@ -88,7 +88,7 @@ pub struct SizeGpu {
     pub count: u32,
     /// The share of each GPU the VM gets (1 for a whole GPU; NVadsA10 v5 sells 1/6, 1/3, 1/2).
     pub fraction: f64,
-    /// GPU memory per VM when it is not the whole GPU's.
+    /// Memory of each GPU (or of the VM's share of one) when it is not the whole GPU's.
     #[serde(default)]
     pub memory_gib: Option<f64>,
 }
@@ -138,7 +138,8 @@ impl Size {
         }
     }
 
-    /// GPU memory per VM, GiB, for GPU sizes.
+    /// Memory of each of the size's GPUs (or of its share of one), GiB, for GPU sizes: what one
+    /// model on one GPU can use.
     pub fn gpu_memory_gib(&self, catalogue: &Catalogue) -> Option<f64> {
         let gpu = self.gpu.as_ref()?;
         gpu.memory_gib.or_else(|| catalogue.gpus.get(&gpu.model).map(|spec| spec.memory_gib * gpu.fraction))

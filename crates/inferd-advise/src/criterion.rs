@@ -83,8 +83,9 @@ impl Manifest {
     }
 }
 
-/// Every result criterion's `folder` holds: (full id, when its latest estimate was written).
-pub fn scan(folder: &Path) -> Vec<(String, std::time::SystemTime)> {
+/// The `new/` folders under criterion's `folder`: criterion keeps each benchmark's latest
+/// result there (`benchmark.json`, `estimates.json`), the one before in `base/`.
+fn latest_results(folder: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![folder.to_path_buf()];
     while let Some(dir) = pending.pop() {
@@ -94,21 +95,26 @@ pub fn scan(folder: &Path) -> Vec<(String, std::time::SystemTime)> {
             if !path.is_dir() {
                 continue;
             }
-            // criterion keeps each benchmark's latest result in `new/`, the one before in `base/`.
             if path.file_name().is_some_and(|name| name == "new") {
-                let written = std::fs::metadata(path.join("estimates.json")).and_then(|m| m.modified());
-                let id = read_json(&path.join("benchmark.json"))
-                    .ok()
-                    .and_then(|benchmark| benchmark.get("full_id").and_then(Value::as_str).map(str::to_string));
-                if let (Some(id), Ok(written)) = (id, written) {
-                    found.push((id, written));
-                }
+                found.push(path);
             } else if path.file_name().is_none_or(|name| name != "base" && name != "report") {
                 pending.push(path);
             }
         }
     }
     found
+}
+
+/// Every result criterion's `folder` holds: (full id, when its latest estimate was written).
+pub fn scan(folder: &Path) -> Vec<(String, std::time::SystemTime)> {
+    latest_results(folder)
+        .into_iter()
+        .filter_map(|new| {
+            let written = std::fs::metadata(new.join("estimates.json")).and_then(|m| m.modified()).ok()?;
+            let benchmark = read_json(&new.join("benchmark.json")).ok()?;
+            Some((benchmark.get("full_id")?.as_str()?.to_string(), written))
+        })
+        .collect()
 }
 
 /// Input lengths of the suite's text families, in tokens: `(family, tokens)`. For embeddings the
@@ -226,6 +232,13 @@ pub fn output_folder(target: &Path) -> PathBuf {
     std::env::var_os("CRITERION_HOME").map(PathBuf::from).unwrap_or_else(|| target.join("criterion"))
 }
 
+/// Where `cargo bench` run from the current folder writes: [`output_folder`] of
+/// `$CARGO_TARGET_DIR`, else of `target`.
+pub fn default_folder() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    output_folder(&target)
+}
+
 fn read_json(path: &Path) -> Result<Value, CriterionError> {
     let unreadable = |reason: String| CriterionError::Unreadable { path: path.to_path_buf(), reason };
     let text = std::fs::read_to_string(path).map_err(|err| unreadable(err.to_string()))?;
@@ -247,21 +260,9 @@ pub fn read(folder: &Path) -> Result<CriterionResults, CriterionError> {
         });
     }
     let mut measured = Vec::new();
-    let mut pending = vec![folder.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if !path.is_dir() {
-                continue;
-            }
-            if path.file_name().is_some_and(|name| name == "new") {
-                if let Some(result) = read_result(&path, &manifest)? {
-                    measured.push(result);
-                }
-            } else if path.file_name().is_none_or(|name| name != "base" && name != "report") {
-                pending.push(path);
-            }
+    for new in latest_results(folder) {
+        if let Some(result) = read_result(&new, &manifest)? {
+            measured.push(result);
         }
     }
     measured.sort_by(|a, b| a.0.id.cmp(&b.0.id));

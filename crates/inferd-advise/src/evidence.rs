@@ -51,7 +51,9 @@ impl Kind {
         if self == Self::Generation { "tokens" } else { "requests" }
     }
 
-    fn of_family(family: &str) -> Option<Self> {
+    /// The kind a benchmark family measures (`None` for `batcher`, `kernels` and others that
+    /// are no model's workload).
+    pub fn of_family(family: &str) -> Option<Self> {
         match family {
             "linear" | "trees" => Some(Self::Tabular),
             _ if family.starts_with("embeddings-") => Some(Self::Embedding),
@@ -126,6 +128,25 @@ pub enum Method {
     Compute,
 }
 
+impl Method {
+    /// The command that measures this way: `inferd bench`, `cargo bench`.
+    pub fn tool(self) -> &'static str {
+        match self {
+            Self::EndToEnd => "inferd bench",
+            Self::Compute => "cargo bench",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::EndToEnd => "end to end",
+            Self::Compute => "compute only",
+        })
+    }
+}
+
 /// One way to run the model on the machine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OperatingPoint {
@@ -168,18 +189,19 @@ pub struct Evidence {
     pub notes: Vec<String>,
 }
 
-/// criterion results of one device by family, each with the index of its run.
+/// criterion results of one device and run by family, each with the index of its run.
 type Families<'a> = BTreeMap<String, Vec<(&'a Measured, usize)>>;
 
 /// The evidence for `workload`'s model in criterion's results: one curve per device and
 /// engine variant.
 pub fn from_criterion(results: &CriterionResults, catalogue: &Catalogue, workload: &Workload) -> Vec<Evidence> {
-    // (device, variant) → family → results with their run.
-    let mut by_device: BTreeMap<(String, Option<String>), Families<'_>> = BTreeMap::new();
+    // (device, variant, run) → family → results with their run: one curve never mixes runs,
+    // which may have been on other machines.
+    let mut by_device: BTreeMap<(String, Option<String>, usize), Families<'_>> = BTreeMap::new();
     for (measured, run) in &results.measured {
         if measured.id.model == workload.model && Kind::of_family(&measured.id.family).is_some() {
             by_device
-                .entry((measured.id.device.clone(), measured.id.variant.clone()))
+                .entry((measured.id.device.clone(), measured.id.variant.clone(), *run))
                 .or_default()
                 .entry(measured.id.family.clone())
                 .or_default()
@@ -187,14 +209,13 @@ pub fn from_criterion(results: &CriterionResults, catalogue: &Catalogue, workloa
         }
     }
     let mut evidence = Vec::new();
-    for ((device, variant), families) in by_device {
-        let Some((_, first)) = families.iter().next() else { continue };
-        let run = &results.runs[first[0].1];
+    for ((device, variant, run), families) in by_device {
+        let run = &results.runs[run];
         let machine = if device == "cpu" {
             Machine::Cpu {
                 cpu: run.host.cpu.clone(),
                 isa: run.host.isa,
-                vcpus: u32::try_from(run.cpu_threads).unwrap_or(u32::MAX),
+                vcpus: u32::try_from(run.cpu_threads.max(1)).unwrap_or(u32::MAX),
                 size: None,
             }
         } else {
@@ -336,7 +357,7 @@ pub fn from_bench(report: &BenchReport, catalogue: &Catalogue, workload: &Worklo
         MeasuredOn::Host(host) => Machine::Cpu {
             cpu: host.cpu.clone(),
             isa: host.isa,
-            vcpus: u32::try_from(host.vcpus).unwrap_or(u32::MAX),
+            vcpus: u32::try_from(host.vcpus.max(1)).unwrap_or(u32::MAX),
             size: None,
         },
         MeasuredOn::Gpu(product) => {
@@ -379,14 +400,38 @@ pub fn from_bench(report: &BenchReport, catalogue: &Catalogue, workload: &Worklo
             crate::workload::number(workload.rows_per_request)
         ));
     }
+    let mut fell_behind = Vec::new();
+    let mut no_prompt_tokens = false;
     let points: Vec<OperatingPoint> = report
         .points
         .iter()
         .filter(|point| point.summary.succeeded > 0)
+        .filter(|point| {
+            // An open loop that could not keep its schedule measured less load than it says.
+            let behind = point.summary.schedule.as_ref().filter(|s| s.sent_rate < 0.95 * s.target_rate);
+            if let Some(schedule) = behind {
+                fell_behind.push(format!(
+                    "{} (sent {}/s of {}/s)",
+                    point.load,
+                    crate::workload::number(schedule.sent_rate),
+                    crate::workload::number(schedule.target_rate)
+                ));
+            }
+            behind.is_none()
+        })
         .map(|point| {
             let summary = &point.summary;
             let throughput = match kind {
-                Kind::Generation => summary.tokens_per_minute.unwrap_or(0.0) / 60.0,
+                Kind::Generation => match (summary.prompt_tokens_mean, summary.output_tokens_mean) {
+                    (Some(prompt), Some(output)) => summary.requests_per_s * (prompt + output),
+                    // The server reported no prompt tokens: count the workload's, as its demand does.
+                    (None, Some(output)) => {
+                        no_prompt_tokens = true;
+                        let prompt = workload.prompt_tokens.unwrap_or(0.0);
+                        summary.requests_per_s * (prompt + output)
+                    }
+                    _ => 0.0,
+                },
                 _ => summary.requests_per_s,
             };
             let (axis, x) = match point.load {
@@ -404,7 +449,19 @@ pub fn from_bench(report: &BenchReport, catalogue: &Catalogue, workload: &Worklo
                 error_rate: 1.0 - summary.succeeded as f64 / summary.requests.max(1) as f64,
             }
         })
+        .filter(|point| point.throughput.is_finite() && point.throughput > 0.0)
         .collect();
+    if !fell_behind.is_empty() {
+        notes.push(format!(
+            "left out, the load generator having fallen behind its schedule: {}",
+            fell_behind.join(", ")
+        ));
+    }
+    if no_prompt_tokens {
+        notes.push(
+            "the server reported no prompt tokens: throughput counts the workload's prompt tokens per request".into(),
+        );
+    }
     if kind == Kind::Generation {
         let measured = report
             .points

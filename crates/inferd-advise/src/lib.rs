@@ -28,3 +28,8 @@ pub mod report;
 pub mod workload;
 
 pub use advise::{AdviseError, Inputs, advise};
+
+/// Now, as reports and manifests write times: RFC 3339, UTC, whole seconds.
+pub fn now_rfc3339() -> String {
+    humantime_serde::re::humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

@@ -15,7 +15,7 @@ use crate::capacity::{Estimate, estimate};
 use crate::catalogue::Catalogue;
 use crate::evidence::{Evidence, Kind, OperatingPoint};
 use crate::load::summary::format_seconds;
-use crate::workload::{Demand, Workload, WorkloadError, number};
+use crate::workload::{Demand, Workload, WorkloadError, money, number};
 
 /// How a size fares.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -25,7 +25,8 @@ pub enum Fit {
     Meets,
     /// No operating point does.
     TooSlow,
-    /// Its figure has no latency (a published throughput): whether it meets is not known.
+    /// Its figures lack a measure the objective bounds (a published throughput has no latency,
+    /// an answer that was not streamed no time to first token): whether it meets is not known.
     ThroughputOnly,
     /// Nothing speaks for it.
     NoEstimate,
@@ -137,7 +138,7 @@ pub struct Assessment {
 
 /// Whether `point` meets the workload's bounds: `None` when it lacks a measure a bound needs.
 pub fn point_fits(point: &OperatingPoint, workload: &Workload) -> Option<bool> {
-    if point.error_rate > 0.01 {
+    if point.error_rate >= 0.01 || !(point.throughput.is_finite() && point.throughput > 0.0) {
         return Some(false);
     }
     let mut known = true;
@@ -172,6 +173,47 @@ pub fn load_words(demand: &Demand) -> String {
     }
 }
 
+/// Works out how `size` fares from its estimate and price: its fit, capacity, replicas and
+/// costs (a size with too little memory keeps that fit).
+fn fit(size: &mut SizeAssessment, workload: &Workload, demand: &Demand) {
+    if matches!(size.fit, Fit::TooLittleMemory(_)) {
+        return;
+    }
+    (size.fit, size.capacity, size.at, size.replicas, size.usd_per_hour, size.usd_per_million) =
+        (Fit::NoEstimate, None, None, None, None, None);
+    let Some(estimate) = &size.estimate else { return };
+    let best_where = |fits: Option<bool>| {
+        estimate
+            .points
+            .iter()
+            .filter(|point| point_fits(point, workload) == fits)
+            .max_by(|a, b| a.throughput.total_cmp(&b.throughput))
+    };
+    match (best_where(Some(true)), best_where(None)) {
+        (Some(best), _) => {
+            size.capacity = Some(best.throughput);
+            size.at = Some(best.label.clone());
+            let Some(price) = size.price_per_hour else {
+                size.fit = Fit::NoPrice;
+                return;
+            };
+            let needed = (demand.per_second / (best.throughput * workload.utilisation)).ceil();
+            let replicas = (needed.min(f64::from(u32::MAX)) as u32).max(workload.min_replicas);
+            let per_hour = f64::from(replicas) * price;
+            size.fit = Fit::Meets;
+            size.replicas = Some(replicas);
+            size.usd_per_hour = Some(per_hour);
+            size.usd_per_million = Some(per_hour / (demand.per_second * 3600.0) * 1e6);
+        }
+        (None, Some(unknown)) => {
+            size.fit = Fit::ThroughputOnly;
+            size.capacity = Some(unknown.throughput);
+            size.at = Some(unknown.label.clone());
+        }
+        (None, None) => size.fit = Fit::TooSlow,
+    }
+}
+
 /// Assesses `workload` on every size of `catalogue` from `evidence` (all of its model).
 pub fn assess(
     workload: &Workload,
@@ -201,43 +243,14 @@ pub fn assess(
                 usd_per_hour: None,
                 usd_per_million: None,
             };
+            assessed.estimate = estimate;
             if let (Some(need), Some(memory)) = (workload.memory_gib, memory)
                 && memory < need
             {
                 assessed.fit = Fit::TooLittleMemory(memory);
-                assessed.estimate = estimate;
                 return assessed;
             }
-            let Some(estimate) = estimate else { return assessed };
-            let fitting = estimate.points.iter().filter(|point| point_fits(point, workload) == Some(true));
-            let best = fitting.max_by(|a, b| a.throughput.total_cmp(&b.throughput)).cloned();
-            let unknown = estimate.points.iter().filter(|point| point_fits(point, workload).is_none());
-            let best_unknown = unknown.max_by(|a, b| a.throughput.total_cmp(&b.throughput)).cloned();
-            match (best, best_unknown) {
-                (Some(best), _) => {
-                    assessed.capacity = Some(best.throughput);
-                    assessed.at = Some(best.label);
-                    match price_per_hour {
-                        Some(price) => {
-                            let needed = (demand.per_second / (best.throughput * workload.utilisation)).ceil();
-                            let replicas = (needed as u32).max(workload.min_replicas);
-                            let per_hour = f64::from(replicas) * price;
-                            assessed.fit = Fit::Meets;
-                            assessed.replicas = Some(replicas);
-                            assessed.usd_per_hour = Some(per_hour);
-                            assessed.usd_per_million = Some(per_hour / (demand.per_second * 3600.0) * 1e6);
-                        }
-                        None => assessed.fit = Fit::NoPrice,
-                    }
-                }
-                (None, Some(unknown)) => {
-                    assessed.fit = Fit::ThroughputOnly;
-                    assessed.capacity = Some(unknown.throughput);
-                    assessed.at = Some(unknown.label);
-                }
-                (None, None) => assessed.fit = Fit::TooSlow,
-            }
-            assessed.estimate = Some(estimate);
+            fit(&mut assessed, workload, &demand);
             assessed
         })
         .collect();
@@ -270,16 +283,6 @@ pub fn assess(
         }
     });
     Ok(Assessment { workload: workload.clone(), kind, demand, objective, sizes, verdict, provisioned, evidence })
-}
-
-fn money(usd: f64) -> String {
-    if usd >= 100.0 {
-        format!("${}", number(usd))
-    } else if usd >= 0.1 {
-        format!("${usd:.2}")
-    } else {
-        format!("${usd:.4}")
-    }
 }
 
 /// A size that meets, in a verdict: `Standard_D2as_v6 (2 vCPUs, AVX-512) meets P95 ≤ 50.0 ms at
@@ -358,22 +361,24 @@ fn verdict(sizes: &[SizeAssessment], objective: &str, demand: &Demand) -> Verdic
 pub type CostPoint = (f64, Option<f64>, Option<f64>);
 
 /// The cheapest $/1M of a CPU size and of a GPU size that meet P95 ≤ each of `bounds` (the
-/// workload's other bounds kept), for the report's cost-against-objective chart.
-pub fn cost_against_p95(
-    workload: &Workload,
-    kind: Kind,
-    catalogue: &Catalogue,
-    evidence: &[Evidence],
-    bounds: &[f64],
-) -> Vec<CostPoint> {
+/// workload's other bounds kept), for the report's cost-against-objective chart: the sizes'
+/// estimates are the assessment's, only their fit is worked out again.
+pub fn cost_against_p95(assessment: &Assessment, bounds: &[f64]) -> Vec<CostPoint> {
     bounds
         .iter()
-        .filter_map(|&bound| {
-            let mut varied = workload.clone();
-            varied.p95 = Some(std::time::Duration::from_secs_f64(bound));
-            let assessment = assess(&varied, kind, catalogue, evidence.to_vec()).ok()?;
-            let cost = |index: Option<usize>| index.and_then(|index| assessment.sizes[index].usd_per_million);
-            Some((bound, cost(assessment.verdict.best_cpu), cost(assessment.verdict.best_gpu)))
+        .map(|&bound| {
+            let mut workload = assessment.workload.clone();
+            workload.p95 = Some(std::time::Duration::from_secs_f64(bound));
+            let mut cheapest = (None, None);
+            for size in &assessment.sizes {
+                let mut size = size.clone();
+                fit(&mut size, &workload, &assessment.demand);
+                let slot = if size.gpu { &mut cheapest.1 } else { &mut cheapest.0 };
+                if let Some(cost) = size.usd_per_million.filter(|_| size.fit == Fit::Meets) {
+                    *slot = Some(slot.map_or(cost, |best: f64| best.min(cost)));
+                }
+            }
+            (bound, cheapest.0, cheapest.1)
         })
         .collect()
 }

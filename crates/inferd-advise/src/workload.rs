@@ -61,7 +61,9 @@ pub struct Workload {
     /// Completion tokens per request (generation).
     #[serde(default)]
     pub completion_tokens: Option<f64>,
-    /// Share of requests sent again after a failure or timeout (generation's TPM formula).
+    /// Share of requests sent again after a failure or timeout: the load is the requests (or
+    /// the TPM formula's tokens) × (1 + retry rate). Not applied to a `tokens_per_minute` given
+    /// outright, which is taken as the whole load.
     #[serde(default)]
     pub retry_rate: f64,
     /// Rows (tabular) or texts (embeddings) per request.
@@ -195,6 +197,17 @@ impl Workload {
         if figures.into_iter().flatten().any(|value| !(value.is_finite() && value > 0.0)) {
             return Err(invalid("rates, token counts and memory must be positive"));
         }
+        if let Some(offer) = &self.provisioned {
+            let figures = [offer.tokens_per_minute_per_unit, offer.usd_per_unit_hour];
+            if !(offer.tokens_per_minute_per_unit > 0.0 && offer.usd_per_unit_hour >= 0.0)
+                || figures.iter().any(|figure| !figure.is_finite())
+            {
+                return Err(invalid("the provisioned offer needs tokens_per_minute_per_unit > 0 and a price ≥ 0"));
+            }
+            if self.tokens_per_request().is_none() && self.tokens_per_minute.is_none() {
+                return Err(invalid("a provisioned offer is in tokens: it compares with generation workloads only"));
+            }
+        }
         if self.requests_per_second.is_none() && self.requests_per_minute.is_none() && self.tokens_per_minute.is_none()
         {
             return Err(invalid(
@@ -259,6 +272,17 @@ impl Workload {
                 number(tpm)
             ),
         })
+    }
+}
+
+/// An amount of money for people: `$1,234`, `$0.42`, `$0.0223`.
+pub fn money(usd: f64) -> String {
+    if usd >= 100.0 {
+        format!("${}", number(usd))
+    } else if usd >= 0.1 {
+        format!("${usd:.2}")
+    } else {
+        format!("${usd:.4}")
     }
 }
 

@@ -94,6 +94,7 @@ fn point(concurrency: usize, rps: f64, p95: f64, ttft: Option<f64>, tpm: Option<
             requests: 1000,
             succeeded: 1000,
             errors: BTreeMap::new(),
+            error_examples: BTreeMap::new(),
             duration: 1000.0 / rps,
             requests_per_s: rps,
             latency: Some(distribution(p95)),
@@ -365,4 +366,55 @@ fn a_model_nothing_measured_is_a_clear_error() {
     })
     .unwrap_err();
     assert_eq!(err.to_string(), "nothing measured model 'unknown-model': the measurements cover trees");
+}
+
+#[test]
+fn points_that_cannot_be_trusted_are_left_out_and_said_so() {
+    let mut workload = Workload::new("trees");
+    workload.p95 = Some(Duration::from_millis(100));
+    workload.requests_per_second = Some(100.0);
+    // An open loop asked for 20,000/s whose generator managed 12,000/s: it is left out, though its
+    // figures would meet the objective.
+    let mut behind = point(1, 12_000.0, 0.050, None, None);
+    behind.load = Load::Open { rate: 20_000.0, poisson: false };
+    behind.summary.schedule = Some(inferd_advise::load::summary::Schedule {
+        target_rate: 20_000.0,
+        sent_rate: 12_000.0,
+        lag: distribution(1.5),
+        waited_for_slot: 0,
+    });
+    // A point with 1% errors does not count either.
+    let mut failing = point(8, 9_000.0, 0.010, None, None);
+    failing.summary.succeeded = 990;
+    let report = advise(&Inputs {
+        criterion: None,
+        benches: vec![bench("trees", Api::V2, vec![point(1, 1_000.0, 0.002, None, None), behind, failing])],
+        catalogue: Catalogue::merged(CATALOGUE, None).unwrap(),
+        workloads: vec![workload.clone()],
+        generated: String::new(),
+    })
+    .unwrap();
+    let assessment = &report.assessments[0];
+    let evidence = &assessment.evidence[0];
+    assert_eq!(evidence.points.len(), 2, "{:?}", evidence.points);
+    assert!(
+        evidence.notes.iter().any(|note| note.contains("fallen behind") && note.contains("sent 12,000/s of 20,000/s"))
+    );
+    let cpu2 = assessment.sizes.iter().find(|size| size.size == "CPU_2").unwrap();
+    assert_eq!(cpu2.capacity, Some(1000.0), "only the synchronous point counts");
+
+    // A provisioned offer must be in tokens and have a positive capacity.
+    let mut offer = workload;
+    offer.provisioned = Some(Provisioned {
+        name: "x".into(),
+        tokens_per_minute_per_unit: 1000.0,
+        usd_per_unit_hour: 1.0,
+        minimum_units: 1,
+    });
+    assert!(offer.validate().unwrap_err().to_string().contains("generation workloads only"));
+    offer.prompt_tokens = Some(10.0);
+    offer.completion_tokens = Some(10.0);
+    offer.validate().unwrap();
+    offer.provisioned.as_mut().unwrap().tokens_per_minute_per_unit = 0.0;
+    assert!(offer.validate().is_err());
 }

@@ -195,9 +195,11 @@ impl LoadTest {
         for (step, load) in profile.initial_points() {
             let point = self.point(&client, step, load).await;
             if points.is_empty() && point.summary.succeeded == 0 {
-                let errors: Vec<String> =
-                    point.summary.errors.iter().map(|(label, count)| format!("{count} × {label}")).collect();
-                return Err(LoadError::NothingServed(errors.join(", ")));
+                let mut reason = point.summary.errors_text();
+                if let Some(example) = point.summary.error_examples.values().next() {
+                    reason.push_str(&format!("; for example: {example}"));
+                }
+                return Err(LoadError::NothingServed(reason));
             }
             done(&point);
             points.push(point);
@@ -233,17 +235,20 @@ impl LoadTest {
                 }
             })
         };
-        let (samples, open) = match load {
-            Load::Closed { concurrency } => (self.closed(client, concurrency, started, &counts).await, None),
+        let (samples, duration, open) = match load {
+            Load::Closed { concurrency } => {
+                let (samples, duration) = self.closed(client, concurrency, started, &counts).await;
+                (samples, duration, None)
+            }
             Load::Open { rate, poisson } => {
                 let (samples, waited) = self.open(client, rate, poisson, started, &counts).await;
-                let open = summary::OpenLoop { target_rate: rate, window: self.duration, waited_for_slot: waited };
-                (samples, Some(open))
+                let open = summary::OpenLoop { target_rate: rate, waited_for_slot: waited };
+                let duration = open_loop_duration(&samples);
+                (samples, duration, Some(open))
             }
         };
         ticker.abort();
         progress.finish_and_clear();
-        let duration = samples.iter().map(|sample| sample.sent + sample.latency).fold(0.0, f64::max);
         Point { profile: step.to_string(), load, summary: Summary::of(&samples, duration, self.slo.as_ref(), open) }
     }
 
@@ -263,14 +268,15 @@ impl LoadTest {
         payload::body(self.api, &self.model, &self.payload, self.body.as_ref(), seed)
     }
 
-    /// `concurrency` clients, each sending until the point's time or request budget is spent.
+    /// `concurrency` clients, each sending until the point's time or request budget is spent;
+    /// returns the samples and the duration they took (see [`closed_loop_duration`]).
     async fn closed(
         &self,
         client: &reqwest::Client,
         concurrency: usize,
         started: Instant,
         counts: &Arc<Counts>,
-    ) -> Vec<Sample> {
+    ) -> (Vec<Sample>, f64) {
         let issued = Arc::new(AtomicU64::new(0));
         let deadline = started + Duration::from_secs_f64(self.duration);
         let mut tasks = tokio::task::JoinSet::new();
@@ -294,12 +300,14 @@ impl LoadTest {
                 samples
             });
         }
-        let mut samples = Vec::new();
+        let mut clients = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            samples.extend(joined.unwrap_or_default());
+            clients.push(joined.unwrap_or_default());
         }
+        let duration = closed_loop_duration(&clients);
+        let mut samples: Vec<Sample> = clients.into_iter().flatten().collect();
         samples.sort_by(|a, b| a.sent.total_cmp(&b.sent));
-        samples
+        (samples, duration)
     }
 
     /// Requests sent on a schedule at `rate`; returns the samples and how many requests had to
@@ -358,6 +366,33 @@ impl LoadTest {
     }
 }
 
+/// The duration that makes a closed loop's requests per second the sum of its clients' own
+/// rates (each client's requests over the time until its last answer). Dividing by the time of
+/// the last answer of all instead would count, for every client but the last to finish, the
+/// tail after its own last answer, and understate the rate by up to one request's latency over
+/// the point's duration.
+fn closed_loop_duration(clients: &[Vec<Sample>]) -> f64 {
+    let rate: f64 = clients
+        .iter()
+        .filter_map(|samples| {
+            let end = samples.iter().map(|sample| sample.sent + sample.latency).fold(0.0, f64::max);
+            (end > 0.0).then(|| samples.len() as f64 / end)
+        })
+        .sum();
+    let count: usize = clients.iter().map(Vec::len).sum();
+    if rate > 0.0 { count as f64 / rate } else { 0.0 }
+}
+
+/// An open loop's duration: the span of its answers, stretched by n / (n − 1) so that n answers
+/// spread evenly over a duration D give D. (From the first request sent to the last answer
+/// would add one request's latency to D.)
+fn open_loop_duration(samples: &[Sample]) -> f64 {
+    let ends: Vec<f64> = samples.iter().map(|sample| sample.sent + sample.latency).collect();
+    let first = ends.iter().copied().fold(f64::INFINITY, f64::min);
+    let last = ends.iter().copied().fold(0.0, f64::max);
+    if ends.len() < 2 || last <= first { last } else { (last - first) * ends.len() as f64 / (ends.len() - 1) as f64 }
+}
+
 /// Live counts for the progress bar.
 #[derive(Default)]
 struct Counts {
@@ -383,6 +418,35 @@ pub fn is_loopback(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(sent: f64, latency: f64) -> Sample {
+        Sample {
+            scheduled: sent,
+            sent,
+            latency,
+            outcome: Outcome::Ok,
+            ttft: None,
+            itl: None,
+            prompt_tokens: None,
+            output_tokens: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn durations_do_not_count_the_tail() {
+        // Two clients of 1 s requests over a 10 s point, one starting half a second late: each
+        // does 1 request per second; the second's last answer comes at 10.5 s.
+        let a: Vec<Sample> = (0..10).map(|i| sample(f64::from(i), 1.0)).collect();
+        let b: Vec<Sample> = (0..10).map(|i| sample(f64::from(i) + 0.5, 1.0)).collect();
+        let duration = closed_loop_duration(&[a, b]);
+        let rate = 20.0 / duration;
+        assert!((rate - (1.0 + 10.0 / 10.5)).abs() < 1e-12, "{rate}");
+        // An open loop at 10 per second for 2 s whose answers take 3 s each: 10 per second.
+        let open: Vec<Sample> = (0..20).map(|i| sample(f64::from(i) * 0.1, 3.0)).collect();
+        assert!((20.0 / open_loop_duration(&open) - 10.0).abs() < 1e-9);
+        assert_eq!(closed_loop_duration(&[]), 0.0);
+    }
 
     #[test]
     fn loopback_urls() {

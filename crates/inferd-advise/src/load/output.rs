@@ -4,7 +4,7 @@
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
 use super::summary::format_seconds;
-use super::{BenchReport, Load, Point};
+use super::{BenchReport, Load};
 
 /// The points as a table: throughput, latency percentiles and errors; generation timings when
 /// the API generates; goodput when an SLO was given; the schedule kept when a point was an open
@@ -32,7 +32,7 @@ pub fn table(report: &BenchReport) -> String {
             point.load.to_string(),
             format!("{:.1}", summary.requests_per_s),
             summary.succeeded.to_string(),
-            errors(point),
+            summary.errors_text(),
             time(summary.latency.map(|d| d.p50)),
             time(summary.latency.map(|d| d.p95)),
             time(summary.latency.map(|d| d.p99)),
@@ -62,14 +62,6 @@ pub fn table(report: &BenchReport) -> String {
         table.add_row(row);
     }
     table.to_string()
-}
-
-/// `429 × 3, 503 × 1`, or `-`.
-fn errors(point: &Point) -> String {
-    if point.summary.errors.is_empty() {
-        return "-".to_string();
-    }
-    point.summary.errors.iter().map(|(label, count)| format!("{label} × {count}")).collect::<Vec<_>>().join(", ")
 }
 
 /// The CSV columns, one row per point; times in seconds, empty where a figure does not apply.

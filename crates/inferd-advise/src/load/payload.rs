@@ -38,11 +38,6 @@ impl Api {
     pub fn generates(self) -> bool {
         matches!(self, Self::Chat | Self::Completions)
     }
-
-    /// What one unit of throughput is for this API in reports.
-    pub fn unit(self) -> &'static str {
-        if self.generates() { "tokens" } else { "requests" }
-    }
 }
 
 impl fmt::Display for Api {

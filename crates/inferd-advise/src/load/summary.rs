@@ -122,9 +122,20 @@ impl fmt::Display for Slo {
     }
 }
 
+/// The longest duration [`parse_seconds`] takes: a year.
+const LONGEST: f64 = 365.0 * 86_400.0;
+
 /// Seconds from a duration written as `humantime` takes it (`250ms`, `2s`, `1m`) or a bare
-/// number of seconds (`0.25`).
+/// number of seconds (`0.25`), from 0 to a year.
 pub fn parse_seconds(text: &str) -> Result<f64, String> {
+    let seconds = parse_any_seconds(text)?;
+    if seconds > LONGEST {
+        return Err(format!("'{text}' is longer than a year"));
+    }
+    Ok(seconds)
+}
+
+fn parse_any_seconds(text: &str) -> Result<f64, String> {
     if let Ok(seconds) = text.parse::<f64>() {
         if seconds.is_finite() && seconds >= 0.0 {
             return Ok(seconds);
@@ -172,7 +183,7 @@ pub struct Goodput {
 pub struct Schedule {
     /// The rate asked for, requests per second.
     pub target_rate: f64,
-    /// The rate requests were sent at over the point.
+    /// The rate requests were sent at, from the first to the last.
     pub sent_rate: f64,
     /// How late requests were sent after their scheduled time, seconds.
     pub lag: Distribution,
@@ -185,8 +196,6 @@ pub struct Schedule {
 pub struct OpenLoop {
     /// Requests per second asked for.
     pub target_rate: f64,
-    /// Seconds over which requests were scheduled.
-    pub window: f64,
     /// Requests that waited for a free slot.
     pub waited_for_slot: u64,
 }
@@ -200,6 +209,9 @@ pub struct Summary {
     pub succeeded: u64,
     /// Requests that did not succeed, by outcome (`429`, `503`, `timeout`, `transport`).
     pub errors: BTreeMap<String, u64>,
+    /// One example of what went wrong per outcome in `errors`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_examples: BTreeMap<String, String>,
     /// From the point's start to its last answer, seconds.
     pub duration: f64,
     /// Successful requests per second.
@@ -233,13 +245,25 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The errors in words: `429 × 3, 503 × 1`, or `-` when there were none.
+    pub fn errors_text(&self) -> String {
+        if self.errors.is_empty() {
+            return "-".to_string();
+        }
+        self.errors.iter().map(|(label, count)| format!("{label} × {count}")).collect::<Vec<_>>().join(", ")
+    }
+
     /// Summarises `samples` of a point that lasted `duration` seconds; `open` describes an open
     /// loop's schedule (none for a closed loop).
     pub fn of(samples: &[Sample], duration: f64, slo: Option<&Slo>, open: Option<OpenLoop>) -> Self {
         let ok: Vec<&Sample> = samples.iter().filter(|sample| sample.outcome == Outcome::Ok).collect();
         let mut errors = BTreeMap::new();
+        let mut error_examples = BTreeMap::new();
         for sample in samples.iter().filter(|sample| sample.outcome != Outcome::Ok) {
             *errors.entry(sample.outcome.label()).or_insert(0) += 1;
+            if let Some(detail) = &sample.detail {
+                error_examples.entry(sample.outcome.label()).or_insert_with(|| detail.clone());
+            }
         }
         let per_second = |count: f64| if duration > 0.0 { count / duration } else { 0.0 };
         let output: Vec<u64> = ok.iter().filter_map(|sample| sample.output_tokens).collect();
@@ -249,11 +273,13 @@ impl Summary {
         let output_total = output.iter().sum::<u64>() as f64;
         let generated = !output.is_empty();
         let schedule = open.map(|open| {
-            // Requests meant for the window but sent after it stretch the span they went out in.
-            let span = samples.iter().map(|sample| sample.sent).fold(open.window, f64::max);
+            // Requests per second between the first and the last sent: the target rate when the
+            // generator kept its schedule, less when it fell behind.
+            let first = samples.iter().map(|sample| sample.sent).fold(f64::INFINITY, f64::min);
+            let last = samples.iter().map(|sample| sample.sent).fold(0.0, f64::max);
             Schedule {
                 target_rate: open.target_rate,
-                sent_rate: if span > 0.0 { samples.len() as f64 / span } else { 0.0 },
+                sent_rate: if last > first { (samples.len() - 1) as f64 / (last - first) } else { 0.0 },
                 lag: Distribution::of(samples.iter().map(|sample| (sample.sent - sample.scheduled).max(0.0)))
                     .unwrap_or(Distribution { mean: 0.0, p50: 0.0, p90: 0.0, p95: 0.0, p99: 0.0, max: 0.0 }),
                 waited_for_slot: open.waited_for_slot,
@@ -263,6 +289,7 @@ impl Summary {
             requests: samples.len() as u64,
             succeeded: ok.len() as u64,
             errors,
+            error_examples,
             duration,
             requests_per_s: per_second(ok.len() as f64),
             latency: Distribution::of(ok.iter().map(|sample| sample.latency)),
@@ -298,6 +325,7 @@ mod tests {
             itl,
             prompt_tokens: tokens.map(|_| 10),
             output_tokens: tokens,
+            detail: (outcome != Outcome::Ok).then(|| "refused".to_string()),
         }
     }
 
@@ -330,6 +358,7 @@ mod tests {
         assert_eq!(summary.requests, 5);
         assert_eq!(summary.succeeded, 4);
         assert_eq!(summary.errors, BTreeMap::from([("429".to_string(), 1)]));
+        assert_eq!(summary.error_examples, BTreeMap::from([("429".to_string(), "refused".to_string())]));
         assert_eq!(summary.requests_per_s, 2.0);
         let goodput = summary.goodput.unwrap();
         assert_eq!(goodput.requests_per_s, 0.5);
@@ -342,6 +371,22 @@ mod tests {
     }
 
     #[test]
+    fn an_open_loop_reports_how_late_it_fell() {
+        let mut samples: Vec<Sample> = (0..11).map(|_| sample(0.01, Outcome::Ok, None, None, None)).collect();
+        for (i, sample) in samples.iter_mut().enumerate() {
+            sample.scheduled = i as f64 * 0.1;
+            // The last five went out 50 ms late each.
+            sample.sent = sample.scheduled + if i > 5 { 0.05 } else { 0.0 };
+        }
+        let open = OpenLoop { target_rate: 10.0, waited_for_slot: 2 };
+        let schedule = Summary::of(&samples, 1.1, None, Some(open)).schedule.unwrap();
+        assert!((schedule.sent_rate - 10.0 / 1.05).abs() < 1e-9, "{}", schedule.sent_rate);
+        assert!((schedule.lag.max - 0.05).abs() < 1e-12);
+        assert_eq!(schedule.lag.p50, 0.0);
+        assert_eq!(schedule.waited_for_slot, 2);
+    }
+
+    #[test]
     fn durations_parse_in_every_spelling() {
         assert_eq!(parse_seconds("250ms").unwrap(), 0.25);
         assert_eq!(parse_seconds("1.5s").unwrap(), 1.5);
@@ -349,6 +394,7 @@ mod tests {
         assert_eq!(parse_seconds("1m 30s").unwrap(), 90.0);
         assert!(parse_seconds("soon").is_err());
         assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("1e20").unwrap_err().contains("longer than a year"));
         assert_eq!(format_seconds(0.0123), "12.3 ms");
         assert_eq!(format_seconds(0.00042), "420 µs");
         assert_eq!(format_seconds(2.0), "2.00 s");

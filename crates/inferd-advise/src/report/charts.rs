@@ -8,6 +8,16 @@ use plotters::prelude::*;
 use crate::evidence::{Evidence, Method};
 use crate::plan::Assessment;
 
+/// Line colours, distinct in print and for the common colour blindnesses (Okabe and Ito's).
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(86, 180, 233),
+    RGBColor(230, 159, 0),
+];
+
 const WIDTH: u32 = 560;
 const HEIGHT: u32 = 340;
 
@@ -67,14 +77,19 @@ fn plot(
         .y_label_formatter(&y.format)
         .draw()?;
     for (index, line) in series.iter().enumerate() {
-        let color = Palette99::pick(index).to_rgba();
+        let color = COLORS[index % COLORS.len()].to_rgba();
         chart
             .draw_series(LineSeries::new(line.points.clone(), color.stroke_width(2)))?
             .label(line.name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         chart.draw_series(line.points.iter().map(|&point| Circle::new(point, 3, color.filled())))?;
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK.mix(0.3)).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
     Ok(())
 }
 
@@ -87,7 +102,7 @@ fn plain(value: &f64) -> String {
 }
 
 fn dollars(value: &f64) -> String {
-    format!("${}", crate::workload::number(*value))
+    crate::workload::money(*value)
 }
 
 fn name(evidence: &Evidence) -> String {

@@ -11,7 +11,6 @@ mod markdown;
 use serde::Serialize;
 
 use crate::catalogue::Catalogue;
-use crate::evidence::Method;
 use crate::plan::{Assessment, cost_against_p95};
 
 pub use html::html;
@@ -65,14 +64,15 @@ impl Report {
         skipped: Vec<String>,
         assessments: Vec<Assessment>,
     ) -> Self {
-        let cost_curves = assessments.iter().map(|assessment| cost_curve(assessment, catalogue)).collect();
-        let mut used: Vec<&String> = catalogue
-            .sizes
-            .values()
-            .filter_map(|size| {
-                size.price(assessments.first().map_or(crate::catalogue::Tier::Payg, |a| a.workload.tier))
+        let cost_curves = assessments.iter().map(cost_curve).collect();
+        // The sources of the prices the assessments used: their sizes' prices in their tiers.
+        let mut used: Vec<&String> = assessments
+            .iter()
+            .flat_map(|assessment| {
+                assessment.sizes.iter().filter(|size| size.usd_per_hour.is_some()).filter_map(|size| {
+                    catalogue.sizes.get(&size.size)?.price(assessment.workload.tier).map(|price| &price.source)
+                })
             })
-            .map(|price| &price.source)
             .collect();
         used.sort();
         used.dedup();
@@ -96,7 +96,7 @@ impl Report {
 
 /// $/1M against the P95 bound, over bounds spread (evenly in log scale) from half the fastest
 /// point's latency to twice the slowest's.
-fn cost_curve(assessment: &Assessment, catalogue: &Catalogue) -> Vec<crate::plan::CostPoint> {
+fn cost_curve(assessment: &Assessment) -> Vec<crate::plan::CostPoint> {
     let latencies: Vec<f64> = assessment
         .sizes
         .iter()
@@ -112,16 +112,7 @@ fn cost_curve(assessment: &Assessment, catalogue: &Catalogue) -> Vec<crate::plan
     let (low, high) = (low / 2.0, high * 2.0);
     let steps = 24;
     let bounds: Vec<f64> = (0..=steps).map(|i| low * (high / low).powf(f64::from(i) / f64::from(steps))).collect();
-    cost_against_p95(&assessment.workload, assessment.kind, catalogue, &assessment.evidence, &bounds)
-}
-
-/// `end to end` or `compute only`.
-pub(crate) fn method_words(method: Option<Method>) -> &'static str {
-    match method {
-        Some(Method::EndToEnd) => "end to end",
-        Some(Method::Compute) => "compute only",
-        None => "published",
-    }
+    cost_against_p95(assessment, &bounds)
 }
 
 /// A table: its header and rows of cells, shared by both formats.
@@ -208,13 +199,7 @@ pub fn points_table(evidence: &crate::evidence::Evidence) -> Table {
 /// A measurement's heading: `m1: 2 vCPUs of AMD EPYC (AVX-512), end to end, inferd bench against ...`.
 pub fn evidence_heading(index: usize, evidence: &crate::evidence::Evidence) -> String {
     let variant = evidence.variant.as_ref().map_or(String::new(), |variant| format!(" ({variant})"));
-    format!(
-        "m{}: {}{variant}, {}, {}",
-        index + 1,
-        evidence.machine,
-        method_words(Some(evidence.method)),
-        evidence.source
-    )
+    format!("m{}: {}{variant}, {}, {}", index + 1, evidence.machine, evidence.method, evidence.source)
 }
 
 /// The workload's sizing terms in a sentence.
@@ -245,21 +230,22 @@ pub fn provisioned_words(assessment: &Assessment) -> Option<String> {
         .flatten()
         .filter_map(|index| assessment.sizes.get(index))
         .min_by(|a, b| a.usd_per_hour.unwrap_or(f64::MAX).total_cmp(&b.usd_per_hour.unwrap_or(f64::MAX)));
+    let money = crate::workload::money;
     let versus = best.map_or(String::new(), |size| {
         format!(
-            "; inferd on {}: ${:.2}/h, ${:.4} per million tokens",
+            "; inferd on {}: {}/h, {} per million tokens",
             size.size,
-            size.usd_per_hour.unwrap_or(0.0),
-            size.usd_per_million.unwrap_or(0.0)
+            money(size.usd_per_hour.unwrap_or(0.0)),
+            money(size.usd_per_million.unwrap_or(0.0))
         )
     });
     Some(format!(
-        "{}: {} unit{} for ${:.2}/h, ${:.4} per million tokens{versus}",
+        "{}: {} unit{} for {}/h, {} per million tokens{versus}",
         offer.name,
         offer.units,
         if offer.units == 1 { "" } else { "s" },
-        offer.usd_per_hour,
-        offer.usd_per_million
+        money(offer.usd_per_hour),
+        money(offer.usd_per_million)
     ))
 }
 
