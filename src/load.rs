@@ -3,8 +3,8 @@
 
 use inferd_classical::{Forest, ForestPredictor, LinearModel, LinearPredictor};
 use inferd_core::{
-    Device, EmbeddingService, GenerationService, Metrics, ModelTask, ServedModel, TabularModel, TabularService,
-    device_name,
+    Device, EmbeddingService, Engine, GenerationService, Metrics, ModelTask, ServedModel, TabularModel, TabularService,
+    cpu_level, device_name,
 };
 use inferd_transformers::{ModelSource, load_embedding, load_generation};
 
@@ -50,7 +50,11 @@ fn load_embedding_model(config: &ModelConfig, device: &Device, metrics: &Metrics
     let text = config.path.to_string_lossy();
     let source = ModelSource::parse(&text).map_err(|err| err.to_string())?;
     let loaded = load_embedding(&source, device, config.embedding_options()).map_err(|err| err.to_string())?;
-    let engine = format!("{} ({})", loaded.engine.name(), loaded.precision.name());
+    // The native engine's CPU kernels are chosen at start (AVX2 or AVX-512): say which.
+    let engine = match loaded.engine {
+        Engine::Native => format!("native ({}, {})", loaded.precision.name(), cpu_level()),
+        _ => format!("{} ({})", loaded.engine.name(), loaded.precision.name()),
+    };
     let service = EmbeddingService::start(
         &config.name,
         loaded.info,

@@ -59,7 +59,12 @@ impl Suite {
                 }
             }
         }
-        eprintln!("inferd bench suite on {}{}", host.summary(), if quick { " (quick mode)" } else { "" });
+        eprintln!(
+            "inferd bench suite on {}; CPU kernels: {}{}",
+            host.summary(),
+            inferd::core::cpu_level(),
+            if quick { " (quick mode)" } else { "" }
+        );
         if let Some(reason) = &gpu_skipped {
             eprintln!("GPU groups skipped: {reason}");
         }
@@ -112,6 +117,7 @@ impl Suite {
             quick: self.quick,
             host: self.host,
             cpu_threads: std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+            cpu_kernels: Some(inferd::core::cpu_level().to_string()),
             gpu_skipped: self.gpu_skipped,
         };
         let mut manifest = Manifest::load_or_empty(&folder);

@@ -63,8 +63,9 @@ pub fn advise(inputs: &Inputs) -> Result<Report, AdviseError> {
             let quick = if run.quick { " (quick mode)" } else { "" };
             let skipped =
                 run.gpu_skipped.as_ref().map_or(String::new(), |reason| format!("; GPU groups skipped: {reason}"));
+            let kernels = run.cpu_kernels.as_ref().map_or(String::new(), |level| format!(", {level} kernels"));
             measurements.push(format!(
-                "cargo bench{quick}, {}, on {}; CPU engines on {} threads{skipped}",
+                "cargo bench{quick}, {}, on {}; CPU engines on {} threads{kernels}{skipped}",
                 run.started,
                 run.host.summary(),
                 run.cpu_threads

@@ -31,6 +31,10 @@ pub struct SuiteRun {
     pub host: Host,
     /// Threads the CPU engines computed on.
     pub cpu_threads: usize,
+    /// The vector instruction level the CPU kernels used (`avx2`, `avx512`; see `INFERD_CPU`),
+    /// when the run recorded it.
+    #[serde(default)]
+    pub cpu_kernels: Option<String>,
     /// Why GPU groups were skipped, when they were (no `cuda` feature, no device).
     pub gpu_skipped: Option<String>,
 }
@@ -313,6 +317,7 @@ mod tests {
             quick: true,
             host: Host::from_proc("", "", 2),
             cpu_threads: 2,
+            cpu_kernels: None,
             gpu_skipped: Some("no GPU".into()),
         }
     }

@@ -150,6 +150,7 @@ fn h200_criterion(folder: &Path) -> criterion::CriterionResults {
         quick: false,
         host: host(Isa::Avx512, vec![Gpu { device: "cuda:0".into(), name: Some("NVIDIA H200".into()) }]),
         cpu_threads: 2,
+        cpu_kernels: Some("avx512".into()),
         gpu_skipped: None,
     };
     manifest.record(run, ["embeddings-short/embedder/cuda:0/1".into(), "embeddings-short/embedder/cuda:0/32".into()]);

@@ -6,6 +6,7 @@
 //! implement its traits.
 
 pub mod batcher;
+pub mod cpu;
 pub mod device;
 pub mod embedding;
 pub mod engine;
@@ -17,6 +18,7 @@ pub mod registry;
 pub mod tabular;
 
 pub use batcher::{BatchItem, BatchModel, BatchPolicy, BatchStats, Batcher, Completed};
+pub use cpu::{CpuLevel, cpu_level};
 pub use device::{Device, DeviceError, DeviceSpec, cuda_device_name, device_name};
 pub use embedding::{EmbeddingInfo, EmbeddingModel, EmbeddingService, TextEncoder, TextInput, TokenizedInputs};
 pub use engine::{Engine, Precision};

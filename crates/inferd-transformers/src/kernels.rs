@@ -10,6 +10,7 @@
 #![allow(unsafe_code)]
 
 use gemm::Parallelism;
+use inferd_core::CpuLevel;
 
 /// A matrix view over a slice: element `(i, j)` is at `offset + i * row_stride + j * col_stride`.
 #[derive(Debug, Clone, Copy)]
@@ -292,6 +293,25 @@ mod tests {
     }
 
     #[test]
+    fn avx512_and_avx2_kernels_agree_bit_for_bit() {
+        if inferd_core::cpu::detected() < CpuLevel::Avx512 {
+            eprintln!("skipped: this CPU has no AVX-512 (VNNI), so only the AVX2 kernel runs here");
+            return;
+        }
+        // Row counts on both sides of both tile heights, columns on both sides of a panel.
+        for (m, n, k) in [(1, 16, 384), (13, 40, 17), (48, 1536, 384), (49, 384, 1536), (25, 7, 3)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 104_729 % 997) as f32 - 498.0) / 311.0).collect();
+            let weight = PackedWeight::new(&w, n, k);
+            let mut wide = vec![0.5f32; m * n];
+            let mut narrow = wide.clone();
+            linear_at(CpuLevel::Avx512, &x, &weight, &mut wide, m);
+            linear_at(CpuLevel::Avx2, &x, &weight, &mut narrow, m);
+            assert!(wide.iter().zip(&narrow).all(|(a, b)| a.to_bits() == b.to_bits()), "{m}x{n}x{k}");
+        }
+    }
+
+    #[test]
     fn layer_norm_and_softmax() {
         let mut row = [1.0, 2.0, 3.0, 4.0];
         add_layer_norm(&mut row, &[1.0; 4], &[1.0; 4], &[0.0; 4], 0.0);
@@ -305,9 +325,13 @@ mod tests {
 
 /// Columns per panel of a [`PackedWeight`]: two AVX registers of eight `f32`.
 const PANEL: usize = 16;
-/// Rows of the output each micro-kernel call computes: 6 × 2 accumulators plus the two weight
-/// registers and a broadcast fill 15 of the 16 AVX registers.
+/// Rows of the output each AVX2 micro-kernel call computes: 6 × 2 accumulators plus the two
+/// weight registers and a broadcast fill 15 of the 16 AVX registers.
 const TILE_ROWS: usize = 6;
+/// Rows each AVX-512 micro-kernel call computes: one 16-wide accumulator per row, the panel's
+/// register and a broadcast use 14 of the 32 registers; more rows per weight load than AVX2's 6
+/// keeps the loads from binding before the fused multiply-adds do.
+const TILE_ROWS_AVX512: usize = 12;
 /// Rows of the activations one task works through, panel after panel, while they stay in the
 /// core's L2 cache.
 const BLOCK_ROWS: usize = 48;
@@ -374,6 +398,16 @@ impl Output {
 /// # Panics
 /// When the slices are not `m × k` and `m × n`.
 pub fn linear(x: &[f32], weight: &PackedWeight, out: &mut [f32], m: usize) {
+    linear_at(inferd_core::cpu_level(), x, weight, out, m);
+}
+
+/// [`linear`] with the micro-kernel of `level` (AVX-512 where `level` is [`CpuLevel::Avx512`],
+/// else AVX2, which builds for x86-64-v3 always have).
+///
+/// # Panics
+/// As [`linear`], and when `level` is AVX-512 on a CPU without it.
+fn linear_at(level: CpuLevel, x: &[f32], weight: &PackedWeight, out: &mut [f32], m: usize) {
+    assert!(level <= inferd_core::cpu::detected(), "linear: {level} kernels on a CPU without them");
     let (n, k) = (weight.n, weight.k);
     assert!(x.len() >= m * k && out.len() >= m * n, "linear: operand sizes");
     let panels = n.div_ceil(PANEL);
@@ -384,6 +418,8 @@ pub fn linear(x: &[f32], weight: &PackedWeight, out: &mut [f32], m: usize) {
     let groups = if blocks >= wanted { 1 } else { wanted.div_ceil(blocks.max(1)).min(panels) };
     let per_group = panels.div_ceil(groups);
     let output = Output(out.as_mut_ptr());
+    let avx512 = level >= CpuLevel::Avx512;
+    let tile_rows = if avx512 { TILE_ROWS_AVX512 } else { TILE_ROWS };
     use rayon::prelude::*;
     (0..blocks * groups).into_par_iter().for_each(|task| {
         let (block, group) = (task / groups, task % groups);
@@ -394,19 +430,37 @@ pub fn linear(x: &[f32], weight: &PackedWeight, out: &mut [f32], m: usize) {
             let columns = PANEL.min(n - panel * PANEL);
             let mut row = rows.start;
             while row < rows.end {
-                let count = TILE_ROWS.min(rows.end - row);
+                let count = tile_rows.min(rows.end - row);
                 let a = &x[row * k..(row + count) * k];
                 // SAFETY: rows `row..row + count`, columns `panel·16..panel·16 + columns` of
                 // `out` are inside it (asserted above) and belong to this task alone: tasks
-                // split rows by block and columns by panel group.
+                // split rows by block and columns by panel group. The AVX-512 tile runs only
+                // where the CPU has AVX-512 (`cpu_level` never exceeds what it detects).
                 unsafe {
                     let c = output.at(row * n + panel * PANEL);
-                    tile(count, a, k, b, c, n, columns);
+                    if avx512 {
+                        tile_avx512(count, a, k, b, c, n, columns);
+                    } else {
+                        tile(count, a, k, b, c, n, columns);
+                    }
                 }
                 row += count;
             }
         }
     });
+}
+
+/// Adds `count` rows of `sums` (their first `columns`) to `c`.
+///
+/// # Safety
+/// `c` must be valid for reads and writes of `count` rows of `columns` values, `ldc` apart.
+unsafe fn add_tile(sums: &[[f32; PANEL]], count: usize, c: *mut f32, ldc: usize, columns: usize) {
+    for (r, sum) in sums.iter().enumerate().take(count) {
+        for (j, value) in sum.iter().enumerate().take(columns) {
+            // SAFETY: inside the region the caller vouches for.
+            unsafe { *c.add(r * ldc + j) += value };
+        }
+    }
 }
 
 /// `c[count × columns] += a[count × k] · b[k × 16]` (the first `columns` of the panel).
@@ -423,10 +477,68 @@ unsafe fn tile(count: usize, a: &[f32], k: usize, b: &[f32], c: *mut f32, ldc: u
         2 => micro::<2>(a, k, b, &mut sums),
         _ => micro::<1>(a, k, b, &mut sums),
     }
-    for (r, sum) in sums.iter().enumerate().take(count) {
-        for (j, value) in sum.iter().enumerate().take(columns) {
-            // SAFETY: inside the region the caller vouches for.
-            unsafe { *c.add(r * ldc + j) += value };
+    // SAFETY: the caller vouches for `c`.
+    unsafe { add_tile(&sums, count, c, ldc, columns) };
+}
+
+/// [`tile`] with AVX-512, up to [`TILE_ROWS_AVX512`] rows. Each output is the same chain of
+/// fused multiply-adds in the same order as [`tile`]'s, so the two agree bit for bit.
+///
+/// # Safety
+/// As [`tile`]; and the CPU must have AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_avx512(count: usize, a: &[f32], k: usize, b: &[f32], c: *mut f32, ldc: usize, columns: usize) {
+    let mut sums = [[0f32; PANEL]; TILE_ROWS_AVX512];
+    // SAFETY: the caller vouches for AVX-512 F.
+    unsafe {
+        match count {
+            12 => micro_avx512::<12>(a, k, b, &mut sums),
+            11 => micro_avx512::<11>(a, k, b, &mut sums),
+            10 => micro_avx512::<10>(a, k, b, &mut sums),
+            9 => micro_avx512::<9>(a, k, b, &mut sums),
+            8 => micro_avx512::<8>(a, k, b, &mut sums),
+            7 => micro_avx512::<7>(a, k, b, &mut sums),
+            6 => micro_avx512::<6>(a, k, b, &mut sums),
+            5 => micro_avx512::<5>(a, k, b, &mut sums),
+            4 => micro_avx512::<4>(a, k, b, &mut sums),
+            3 => micro_avx512::<3>(a, k, b, &mut sums),
+            2 => micro_avx512::<2>(a, k, b, &mut sums),
+            _ => micro_avx512::<1>(a, k, b, &mut sums),
+        }
+        add_tile(&sums, count, c, ldc, columns);
+    }
+}
+
+/// Never called: `cpu_level` is never AVX-512 off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_avx512(count: usize, a: &[f32], k: usize, b: &[f32], c: *mut f32, ldc: usize, columns: usize) {
+    // SAFETY: the caller vouches for `c`.
+    unsafe { tile(count, a, k, b, c, ldc, columns) }
+}
+
+/// The AVX-512 micro-kernel: `R` rows of `a` times one 16-column panel (one register), into
+/// `sums`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_avx512<const R: usize>(a: &[f32], k: usize, b: &[f32], sums: &mut [[f32; PANEL]; TILE_ROWS_AVX512]) {
+    use std::arch::x86_64::*;
+    assert!(R <= TILE_ROWS_AVX512 && a.len() >= R * k && b.len() >= PANEL * k);
+    // SAFETY: the loads read `b[step·16 .. step·16 + 16]` and `a[r·k + step]` for step < k and
+    // r < R, inside the slices (asserted above); the caller vouches for AVX-512 F.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        for step in 0..k {
+            let weights = _mm512_loadu_ps(b.add(step * PANEL));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * k + step)), weights, *acc);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(sums[r].as_mut_ptr(), *acc);
         }
     }
 }

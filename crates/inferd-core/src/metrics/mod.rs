@@ -219,7 +219,14 @@ impl Metrics {
             gpu: GpuMetrics::open(&registry),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let cpu_kernels = int_gauge(
+            "inferd_cpu_kernels_info",
+            "1, labelled with the vector instruction level the CPU kernels use (avx2, avx512, portable).",
+            &["level"],
+        );
+        cpu_kernels.with_label_values(&[&crate::cpu_level().to_string()]).set(1);
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
+            Box::new(cpu_kernels),
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.stage_duration.clone()),

@@ -74,7 +74,7 @@ pub struct LoadedGeneration {
     pub codec: Arc<LlmCodec>,
     /// The engine.
     pub model: LlamaEngine,
-    /// How it computes, for metadata (`native (q4_1)`, `candle (q4_1, cuda)`).
+    /// How it computes, for metadata (`native (q4_1, avx512)`, `candle (q4_1, cuda)`).
     pub engine: String,
 }
 
@@ -149,10 +149,10 @@ impl Target {
         }
     }
 
-    /// `native (q4_1)`, `candle (q4_1, cuda)`.
+    /// `native (q4_1, avx512)` (with the CPU kernels' level), `candle (q4_1, cuda)`.
     fn describe(&self, formats: &str) -> String {
         match self {
-            Self::Native { .. } => format!("native ({formats})"),
+            Self::Native { .. } => format!("native ({formats}, {})", inferd_core::cpu_level()),
             Self::Candle(device) => {
                 format!("candle ({formats}, {})", if device.is_cpu() { "cpu" } else { "cuda" })
             }

@@ -25,6 +25,8 @@
 use half::f16;
 use rayon::prelude::*;
 
+use inferd_core::CpuLevel;
+
 use super::{BLOCK, BlockFormat, BlockMatrix, QuantizedRows, SharedOutput, TILE};
 
 /// Rows interleaved together.
@@ -103,11 +105,24 @@ impl Interleaved {
         self.columns
     }
 
-    /// `out[m × rows] = x · Wᵀ`, on the current rayon pool.
+    /// `out[m × rows] = x · Wᵀ`, on the current rayon pool, with the kernels of the process's
+    /// [`cpu_level`](inferd_core::cpu_level).
     ///
     /// # Panics
     /// When `x` does not have this matrix's columns or `out` is not `x.rows() × rows`.
     pub fn matmul(&self, x: &QuantizedRows, out: &mut [f32]) {
+        self.matmul_at(inferd_core::cpu_level(), x, out);
+    }
+
+    /// [`Interleaved::matmul`] with the kernels of `level`: AVX-512 VNNI's 8-bit dot products
+    /// (`vpdpbusd`, one instruction for AVX2's multiply-and-add pair) where `level` is
+    /// [`CpuLevel::Avx512`], else AVX2. The integer sums are exact either way and the float
+    /// arithmetic the same, so the two agree bit for bit.
+    ///
+    /// # Panics
+    /// As [`Interleaved::matmul`], and when `level` is above what the CPU has.
+    pub fn matmul_at(&self, level: CpuLevel, x: &QuantizedRows, out: &mut [f32]) {
+        assert!(level <= inferd_core::cpu::detected(), "matmul: {level} kernels on a CPU without them");
         assert_eq!(x.columns, self.columns, "Interleaved::matmul: columns");
         let m = x.rows;
         assert_eq!(out.len(), m * self.rows, "Interleaved::matmul: output size");
@@ -115,6 +130,7 @@ impl Interleaved {
         let groups = self.rows.div_ceil(GROUP);
         let group_bytes = self.columns / BLOCK * group_block_bytes(self.format);
         let format = self.format;
+        let vnni = level >= CpuLevel::Avx512;
         let per_task = groups.div_ceil(rayon::current_num_threads() * 4).max(1);
         let output = SharedOutput(out.as_mut_ptr());
         let rows = self.rows;
@@ -139,9 +155,13 @@ impl Interleaved {
                             }
                         };
                     }
-                    match format {
-                        BlockFormat::Q4_1 => by_count!(group_dot_q4_1),
-                        BlockFormat::Q8_0 => by_count!(group_dot_q8_0),
+                    // SAFETY: the VNNI kernels run only where the CPU has AVX-512 VNNI (`level`
+                    // never exceeds what it detects, asserted above).
+                    match (format, vnni) {
+                        (BlockFormat::Q4_1, false) => by_count!(group_dot_q4_1),
+                        (BlockFormat::Q8_0, false) => by_count!(group_dot_q8_0),
+                        (BlockFormat::Q4_1, true) => unsafe { by_count!(group_dot_q4_1_vnni) },
+                        (BlockFormat::Q8_0, true) => unsafe { by_count!(group_dot_q8_0_vnni) },
                     }
                     let real = GROUP.min(rows - group * GROUP);
                     for (t, values) in values[..count].iter().enumerate() {
@@ -335,4 +355,127 @@ fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize
         }
         out[t] = acc;
     }
+}
+
+/// [`group_dot_q4_1`] with AVX-512 VNNI: `vpdpbusd` multiplies the unsigned 4-bit weights by the
+/// signed 8-bit activations and adds each four products into a 32-bit lane, in one instruction.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, VL and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn group_dot_q4_1_vnni<const N: usize>(
+    weights: &[u8],
+    x: &QuantizedRows,
+    tile: usize,
+    out: &mut [[f32; GROUP]; TILE],
+) {
+    use std::arch::x86_64::*;
+    let blocks = x.columns / BLOCK;
+    assert!(N <= TILE && weights.len() == blocks * Q4_1_GROUP_BYTES);
+    let start = tile_start(x, tile);
+    // SAFETY: the loads are `group_dot_q4_1`'s; the caller vouches for the instructions.
+    unsafe {
+        let low = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..blocks {
+            let base = weights.as_ptr().add(b * Q4_1_GROUP_BYTES);
+            crate::kernels::prefetch(base.wrapping_add(PREFETCH_AHEAD), Q4_1_GROUP_BYTES);
+            let index = start + b * TILE;
+            let activations = x.values.as_ptr().add(index * BLOCK);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(base as *const __m128i));
+            let m = _mm256_cvtph_ps(_mm_loadu_si128(base.add(16) as *const __m128i));
+            let mut sums = [_mm256_setzero_si256(); N];
+            for g in 0..4 {
+                let packed = _mm256_loadu_si256(base.add(32 + 32 * g) as *const __m256i);
+                let low_values = _mm256_and_si256(packed, low);
+                let high_values = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+                for t in 0..N {
+                    let row = activations.add(t * BLOCK);
+                    let a = _mm256_set1_epi32(std::ptr::read_unaligned(row.add(4 * g) as *const i32));
+                    let c = _mm256_set1_epi32(std::ptr::read_unaligned(row.add(4 * (g + 4)) as *const i32));
+                    sums[t] = _mm256_dpbusd_epi32(sums[t], low_values, a);
+                    sums[t] = _mm256_dpbusd_epi32(sums[t], high_values, c);
+                }
+            }
+            for t in 0..N {
+                let products = _mm256_cvtepi32_ps(sums[t]);
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.scales.get_unchecked(index + t)));
+                acc[t] = _mm256_fmadd_ps(scale, products, acc[t]);
+                acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(*x.sums.get_unchecked(index + t)), acc[t]);
+            }
+        }
+        for t in 0..N {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+}
+
+/// [`group_dot_q8_0`] with AVX-512 VNNI: the weights' magnitudes (unsigned) times the activations
+/// carrying the weights' signs, four products per 32-bit lane in one `vpdpbusd`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, VL and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn group_dot_q8_0_vnni<const N: usize>(
+    weights: &[u8],
+    x: &QuantizedRows,
+    tile: usize,
+    out: &mut [[f32; GROUP]; TILE],
+) {
+    use std::arch::x86_64::*;
+    let blocks = x.columns / BLOCK;
+    assert!(N <= TILE && weights.len() == blocks * Q8_0_GROUP_BYTES);
+    let start = tile_start(x, tile);
+    // SAFETY: the loads are `group_dot_q8_0`'s; the caller vouches for the instructions.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..blocks {
+            let base = weights.as_ptr().add(b * Q8_0_GROUP_BYTES);
+            crate::kernels::prefetch(base.wrapping_add(PREFETCH_AHEAD), Q8_0_GROUP_BYTES);
+            let index = start + b * TILE;
+            let activations = x.values.as_ptr().add(index * BLOCK);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(base as *const __m128i));
+            let mut sums = [_mm256_setzero_si256(); N];
+            for g in 0..8 {
+                let values = _mm256_loadu_si256(base.add(16 + 32 * g) as *const __m256i);
+                let magnitudes = _mm256_sign_epi8(values, values);
+                for t in 0..N {
+                    let row = activations.add(t * BLOCK);
+                    let a = _mm256_set1_epi32(std::ptr::read_unaligned(row.add(4 * g) as *const i32));
+                    sums[t] = _mm256_dpbusd_epi32(sums[t], magnitudes, _mm256_sign_epi8(a, values));
+                }
+            }
+            for t in 0..N {
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.scales.get_unchecked(index + t)));
+                acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[t]), acc[t]);
+            }
+        }
+        for t in 0..N {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+}
+
+/// Never called: `cpu_level` is never AVX-512 off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn group_dot_q4_1_vnni<const N: usize>(
+    w: &[u8],
+    x: &QuantizedRows,
+    tile: usize,
+    out: &mut [[f32; GROUP]; TILE],
+) {
+    group_dot_q4_1::<N>(w, x, tile, out)
+}
+
+/// Never called: `cpu_level` is never AVX-512 off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn group_dot_q8_0_vnni<const N: usize>(
+    w: &[u8],
+    x: &QuantizedRows,
+    tile: usize,
+    out: &mut [[f32; GROUP]; TILE],
+) {
+    group_dot_q8_0::<N>(w, x, tile, out)
 }

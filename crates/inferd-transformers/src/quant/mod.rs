@@ -381,6 +381,40 @@ mod tests {
     }
 
     #[test]
+    fn vnni_and_avx2_products_agree_bit_for_bit() {
+        if inferd_core::cpu::detected() < inferd_core::CpuLevel::Avx512 {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI, so only the AVX2 products run here");
+            return;
+        }
+        for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
+            let (rows, columns) = (45, 576);
+            // Every byte value, -128 for Q8_0 included, with scales like a model's.
+            let mut bytes = Vec::new();
+            for block in 0..rows * columns / BLOCK {
+                bytes.extend_from_slice(&f16::from_f32(0.004 + (block % 13) as f32 * 1e-3).to_bits().to_le_bytes());
+                let count = match format {
+                    BlockFormat::Q4_1 => {
+                        bytes.extend_from_slice(&f16::from_f32(-0.07).to_bits().to_le_bytes());
+                        16
+                    }
+                    BlockFormat::Q8_0 => 32,
+                };
+                bytes.extend((0..count).map(|i| ((block * 37 + i * 101) % 256) as u8));
+            }
+            let weights = Interleaved::new(&BlockMatrix::new(format, rows, columns, bytes).unwrap());
+            for m in [1, 3, 8, 9, 17] {
+                let x = noise(m * columns, 29);
+                let mut quantized = QuantizedRows::default();
+                quantized.quantize(&x, m, columns);
+                let (mut vnni, mut avx2) = (vec![0f32; m * rows], vec![0f32; m * rows]);
+                weights.matmul_at(inferd_core::CpuLevel::Avx512, &quantized, &mut vnni);
+                weights.matmul_at(inferd_core::CpuLevel::Avx2, &quantized, &mut avx2);
+                assert!(vnni.iter().zip(&avx2).all(|(a, b)| a.to_bits() == b.to_bits()), "{format:?}, {m} rows");
+            }
+        }
+    }
+
+    #[test]
     fn blocks_quantize_as_the_scalar_reference() {
         let mut values = noise(BLOCK * 200, 5);
         // Halves, zeros and a block of one value.
