@@ -31,6 +31,9 @@ use super::{BLOCK, BlockFormat, BlockMatrix, QuantizedRows, SharedOutput, TILE};
 
 /// Rows interleaved together.
 pub const GROUP: usize = 8;
+/// A kernel's results for one activation tile: per activation row, the dot products of up to two
+/// groups' rows (one group's kernels fill the first [`GROUP`]).
+type Values = [[f32; 2 * GROUP]; TILE];
 /// Bytes of one group's block in each format.
 const fn group_block_bytes(format: BlockFormat) -> usize {
     match format {
@@ -131,45 +134,69 @@ impl Interleaved {
         let group_bytes = self.columns / BLOCK * group_block_bytes(self.format);
         let format = self.format;
         let vnni = level >= CpuLevel::Avx512;
-        let per_task = groups.div_ceil(rayon::current_num_threads() * 4).max(1);
+        // With 512-bit VNNI, Q4_1 groups go two at a time: one instruction covers 16 rows, and
+        // each broadcast activation serves twice as many.
+        let span = if vnni && format == BlockFormat::Q4_1 { 2 } else { 1 };
+        let units = groups.div_ceil(span);
+        let per_task = units.div_ceil(rayon::current_num_threads() * 4).max(1);
         let output = SharedOutput(out.as_mut_ptr());
         let rows = self.rows;
-        (0..groups.div_ceil(per_task)).into_par_iter().for_each(|task| {
-            for group in task * per_task..((task + 1) * per_task).min(groups) {
-                let weights = &self.bytes[group * group_bytes..(group + 1) * group_bytes];
+        (0..units.div_ceil(per_task)).into_par_iter().for_each(|task| {
+            for unit in task * per_task..((task + 1) * per_task).min(units) {
+                let first_group = unit * span;
+                let unit_groups = span.min(groups - first_group);
+                let weights = &self.bytes[first_group * group_bytes..(first_group + unit_groups) * group_bytes];
                 for tile in 0..m.div_ceil(TILE) {
                     let first = tile * TILE;
                     let count = (m - first).min(TILE);
-                    let mut values = [[0f32; GROUP]; TILE];
+                    let mut values = [[0f32; 2 * GROUP]; TILE];
                     macro_rules! by_count {
-                        ($kernel:ident) => {
+                        ($kernel:ident, $weights:expr, $values:expr) => {
                             match count {
-                                1 => $kernel::<1>(weights, x, tile, &mut values),
-                                2 => $kernel::<2>(weights, x, tile, &mut values),
-                                3 => $kernel::<3>(weights, x, tile, &mut values),
-                                4 => $kernel::<4>(weights, x, tile, &mut values),
-                                5 => $kernel::<5>(weights, x, tile, &mut values),
-                                6 => $kernel::<6>(weights, x, tile, &mut values),
-                                7 => $kernel::<7>(weights, x, tile, &mut values),
-                                _ => $kernel::<8>(weights, x, tile, &mut values),
+                                1 => $kernel::<1>($weights, x, tile, $values),
+                                2 => $kernel::<2>($weights, x, tile, $values),
+                                3 => $kernel::<3>($weights, x, tile, $values),
+                                4 => $kernel::<4>($weights, x, tile, $values),
+                                5 => $kernel::<5>($weights, x, tile, $values),
+                                6 => $kernel::<6>($weights, x, tile, $values),
+                                7 => $kernel::<7>($weights, x, tile, $values),
+                                _ => $kernel::<8>($weights, x, tile, $values),
                             }
                         };
                     }
-                    // SAFETY: the VNNI kernels run only where the CPU has AVX-512 VNNI (`level`
-                    // never exceeds what it detects, asserted above).
-                    match (format, vnni) {
-                        (BlockFormat::Q4_1, false) => by_count!(group_dot_q4_1),
-                        (BlockFormat::Q8_0, false) => by_count!(group_dot_q8_0),
-                        (BlockFormat::Q4_1, true) => unsafe { by_count!(group_dot_q4_1_vnni) },
-                        (BlockFormat::Q8_0, true) => unsafe { by_count!(group_dot_q8_0_vnni) },
+                    if unit_groups == 2 && count >= 2 {
+                        // SAFETY: `span` is 2 only where the CPU has AVX-512 VNNI (`level` never
+                        // exceeds what it detects, asserted above).
+                        unsafe { by_count!(pair_dot_q4_1_vnni, weights, &mut values) };
+                    } else {
+                        // One activation row streams the weights from memory, and one group at a
+                        // time keeps that stream simple; so does a lone last group.
+                        for (j, weights) in weights.chunks_exact(group_bytes).enumerate() {
+                            let mut part = [[0f32; 2 * GROUP]; TILE];
+                            // SAFETY: the VNNI kernels run only where the CPU has AVX-512 VNNI
+                            // (`level` never exceeds what it detects, asserted above).
+                            match (format, vnni) {
+                                (BlockFormat::Q4_1, false) => by_count!(group_dot_q4_1, weights, &mut part),
+                                (BlockFormat::Q8_0, false) => by_count!(group_dot_q8_0, weights, &mut part),
+                                (BlockFormat::Q4_1, true) => unsafe {
+                                    by_count!(group_dot_q4_1_vnni, weights, &mut part)
+                                },
+                                (BlockFormat::Q8_0, true) => unsafe {
+                                    by_count!(group_dot_q8_0_vnni, weights, &mut part)
+                                },
+                            }
+                            for (values, part) in values.iter_mut().zip(&part).take(count) {
+                                values[j * GROUP..(j + 1) * GROUP].copy_from_slice(&part[..GROUP]);
+                            }
+                        }
                     }
-                    let real = GROUP.min(rows - group * GROUP);
+                    let real = (unit_groups * GROUP).min(rows - first_group * GROUP);
                     for (t, values) in values[..count].iter().enumerate() {
                         for (r, &value) in values[..real].iter().enumerate() {
-                            // SAFETY: `(first + t) · rows + group · 8 + r` is inside `out`
-                            // (asserted `m × rows` above), and the group's columns belong to
-                            // this task alone.
-                            unsafe { *output.at((first + t) * rows + group * GROUP + r) = value };
+                            // SAFETY: `(first + t) · rows + first_group · 8 + r` is inside `out`
+                            // (asserted `m × rows` above), and the unit's columns belong to this
+                            // task alone.
+                            unsafe { *output.at((first + t) * rows + first_group * GROUP + r) = value };
                         }
                     }
                 }
@@ -217,7 +244,7 @@ fn tile_start(x: &QuantizedRows, tile: usize) -> usize {
 
 /// Dot products of a Q4_1 group's 8 rows with the first `N` rows of activation tile `tile`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut [[f32; GROUP]; TILE]) {
+fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut Values) {
     use std::arch::x86_64::*;
     let blocks = x.columns / BLOCK;
     assert!(N <= TILE && weights.len() == blocks * Q4_1_GROUP_BYTES);
@@ -266,7 +293,7 @@ fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize
 /// Dot products of a Q4_1 group's 8 rows with the first `N` rows of activation tile `tile`
 /// (scalar, the same arithmetic as the AVX2 path).
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut [[f32; GROUP]; TILE]) {
+fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut Values) {
     let blocks = x.columns / BLOCK;
     let start = tile_start(x, tile);
     for t in 0..N {
@@ -290,13 +317,13 @@ fn group_dot_q4_1<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize
                 *acc = m.mul_add(x.sums[index], *acc);
             }
         }
-        out[t] = acc;
+        out[t][..GROUP].copy_from_slice(&acc);
     }
 }
 
 /// Dot products of a Q8_0 group's 8 rows with the first `N` rows of activation tile `tile`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut [[f32; GROUP]; TILE]) {
+fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut Values) {
     use std::arch::x86_64::*;
     let blocks = x.columns / BLOCK;
     assert!(N <= TILE && weights.len() == blocks * Q8_0_GROUP_BYTES);
@@ -336,7 +363,7 @@ fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize
 /// Dot products of a Q8_0 group's 8 rows with the first `N` rows of activation tile `tile`
 /// (scalar, the same arithmetic as the AVX2 path).
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut [[f32; GROUP]; TILE]) {
+fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut Values) {
     let blocks = x.columns / BLOCK;
     let start = tile_start(x, tile);
     for t in 0..N {
@@ -353,7 +380,7 @@ fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize
                 *acc = (d * x.scales[index]).mul_add(sum as f32, *acc);
             }
         }
-        out[t] = acc;
+        out[t][..GROUP].copy_from_slice(&acc);
     }
 }
 
@@ -364,12 +391,7 @@ fn group_dot_q8_0<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize
 /// The CPU must have AVX-512 F, VL and VNNI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-unsafe fn group_dot_q4_1_vnni<const N: usize>(
-    weights: &[u8],
-    x: &QuantizedRows,
-    tile: usize,
-    out: &mut [[f32; GROUP]; TILE],
-) {
+unsafe fn group_dot_q4_1_vnni<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut Values) {
     use std::arch::x86_64::*;
     let blocks = x.columns / BLOCK;
     assert!(N <= TILE && weights.len() == blocks * Q4_1_GROUP_BYTES);
@@ -418,12 +440,7 @@ unsafe fn group_dot_q4_1_vnni<const N: usize>(
 /// The CPU must have AVX-512 F, VL and VNNI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-unsafe fn group_dot_q8_0_vnni<const N: usize>(
-    weights: &[u8],
-    x: &QuantizedRows,
-    tile: usize,
-    out: &mut [[f32; GROUP]; TILE],
-) {
+unsafe fn group_dot_q8_0_vnni<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut Values) {
     use std::arch::x86_64::*;
     let blocks = x.columns / BLOCK;
     assert!(N <= TILE && weights.len() == blocks * Q8_0_GROUP_BYTES);
@@ -458,24 +475,89 @@ unsafe fn group_dot_q8_0_vnni<const N: usize>(
     }
 }
 
+/// Dot products of two consecutive Q4_1 groups' 16 rows (`weights` holds both) with the first `N`
+/// rows of activation tile `tile`, with 512-bit VNNI: lanes 0–7 are the first group's rows,
+/// 8–15 the second's, each computed by the same arithmetic as [`group_dot_q4_1_vnni`].
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn pair_dot_q4_1_vnni<const N: usize>(weights: &[u8], x: &QuantizedRows, tile: usize, out: &mut Values) {
+    use std::arch::x86_64::*;
+    let blocks = x.columns / BLOCK;
+    assert!(N <= TILE && weights.len() == 2 * blocks * Q4_1_GROUP_BYTES);
+    let start = tile_start(x, tile);
+    // SAFETY: each group's loads are `group_dot_q4_1`'s, the second group's `blocks · 160` bytes
+    // after the first's (inside `weights`, asserted); the caller vouches for the instructions.
+    unsafe {
+        let low = _mm512_set1_epi8(0x0F);
+        let second = blocks * Q4_1_GROUP_BYTES;
+        let both = |base: *const u8, offset: usize| {
+            let first = _mm256_loadu_si256(base.add(offset) as *const __m256i);
+            let next = _mm256_loadu_si256(base.add(second + offset) as *const __m256i);
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(first), next)
+        };
+        let halves = |base: *const u8, offset: usize| {
+            let first = _mm_loadu_si128(base.add(offset) as *const __m128i);
+            let next = _mm_loadu_si128(base.add(second + offset) as *const __m128i);
+            _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(first), next))
+        };
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..blocks {
+            let base = weights.as_ptr().add(b * Q4_1_GROUP_BYTES);
+            crate::kernels::prefetch(base.wrapping_add(PREFETCH_AHEAD), Q4_1_GROUP_BYTES);
+            crate::kernels::prefetch(base.wrapping_add(second + PREFETCH_AHEAD), Q4_1_GROUP_BYTES);
+            let index = start + b * TILE;
+            let activations = x.values.as_ptr().add(index * BLOCK);
+            let d = halves(base, 0);
+            let m = halves(base, 16);
+            let mut sums = [_mm512_setzero_si512(); N];
+            for g in 0..4 {
+                let packed = both(base, 32 + 32 * g);
+                let low_values = _mm512_and_si512(packed, low);
+                let high_values = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low);
+                for t in 0..N {
+                    let row = activations.add(t * BLOCK);
+                    let a = _mm512_set1_epi32(std::ptr::read_unaligned(row.add(4 * g) as *const i32));
+                    let c = _mm512_set1_epi32(std::ptr::read_unaligned(row.add(4 * (g + 4)) as *const i32));
+                    sums[t] = _mm512_dpbusd_epi32(sums[t], low_values, a);
+                    sums[t] = _mm512_dpbusd_epi32(sums[t], high_values, c);
+                }
+            }
+            for t in 0..N {
+                let products = _mm512_cvtepi32_ps(sums[t]);
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(*x.scales.get_unchecked(index + t)));
+                acc[t] = _mm512_fmadd_ps(scale, products, acc[t]);
+                acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(*x.sums.get_unchecked(index + t)), acc[t]);
+            }
+        }
+        for t in 0..N {
+            _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+}
+
 /// Never called: `cpu_level` is never AVX-512 off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn group_dot_q4_1_vnni<const N: usize>(
-    w: &[u8],
-    x: &QuantizedRows,
-    tile: usize,
-    out: &mut [[f32; GROUP]; TILE],
-) {
+unsafe fn pair_dot_q4_1_vnni<const N: usize>(w: &[u8], x: &QuantizedRows, tile: usize, out: &mut Values) {
+    let half = w.len() / 2;
+    let mut second: Values = [[0.0; 2 * GROUP]; TILE];
+    group_dot_q4_1::<N>(&w[..half], x, tile, out);
+    group_dot_q4_1::<N>(&w[half..], x, tile, &mut second);
+    for t in 0..N {
+        out[t][GROUP..].copy_from_slice(&second[t][..GROUP]);
+    }
+}
+
+/// Never called: `cpu_level` is never AVX-512 off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn group_dot_q4_1_vnni<const N: usize>(w: &[u8], x: &QuantizedRows, tile: usize, out: &mut Values) {
     group_dot_q4_1::<N>(w, x, tile, out)
 }
 
 /// Never called: `cpu_level` is never AVX-512 off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn group_dot_q8_0_vnni<const N: usize>(
-    w: &[u8],
-    x: &QuantizedRows,
-    tile: usize,
-    out: &mut [[f32; GROUP]; TILE],
-) {
+unsafe fn group_dot_q8_0_vnni<const N: usize>(w: &[u8], x: &QuantizedRows, tile: usize, out: &mut Values) {
     group_dot_q8_0::<N>(w, x, tile, out)
 }
