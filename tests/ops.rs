@@ -217,6 +217,8 @@ async fn concurrency_limit_sheds_with_retry_after_and_timeouts_answer_504() {
     let retry: u64 = header(&shed, "retry-after").unwrap().parse().unwrap();
     assert!((1..=30).contains(&retry), "Retry-After {retry}");
     assert_eq!(shed.json::<Value>().await.unwrap()["error"]["code"], "server_busy");
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert_eq!(metric_value(&metrics, r#"inferd_rejected_requests_total{reason="concurrency"}"#), 1.0);
     // Health is not counted against the limit.
     assert_eq!(server.get("/v2/health/live").await.status(), 200);
     assert_eq!(slow.await.unwrap(), StatusCode::OK, "the admitted request is unaffected");

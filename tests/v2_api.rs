@@ -215,6 +215,61 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(ok.status(), 200);
 }
 
+/// A v2 request of `rows` rows of 30 features in the binary tensor extension: its JSON header
+/// and the whole body.
+fn binary_rows(rows: usize) -> (String, Vec<u8>) {
+    let header = json!({ "inputs": [{ "name": "input", "shape": [rows, 30], "datatype": "FP64",
+                                      "parameters": { "binary_data_size": rows * 30 * 8 } }] })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(std::iter::repeat_n(1.0f64.to_le_bytes(), rows * 30).flatten());
+    (header, body)
+}
+
+#[tokio::test]
+async fn a_request_that_would_wait_past_max_queue_time_is_refused_and_counted() {
+    // Batches of one request of 10,000 rows, tens of milliseconds each on one thread, and a
+    // queue-time target of 1 ms: once the model's speed is known, a burst can queue only what
+    // computes within 1 ms, and the rest is refused at once.
+    let settings = "threads = 1\nbatching = { max_batch_size = 1, max_queue_time = \"1ms\" }";
+    let server = Server::start_ready(&bundled_model("breast-cancer-lightgbm", settings), "").await;
+    let (header, body) = binary_rows(10_000);
+    let send = |server: &Server| {
+        server
+            .client
+            .post(server.url("/v2/models/breast-cancer-lightgbm/infer"))
+            .header("Inference-Header-Content-Length", header.len())
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(send(&server).await.unwrap().status(), 200, "the first request teaches the model's speed");
+    let tasks: Vec<_> = (0..8).map(|_| tokio::spawn(send(&server))).collect();
+    let (mut served, mut refused) = (0, 0);
+    for task in tasks {
+        let response = task.await.unwrap().unwrap();
+        match response.status().as_u16() {
+            200 => served += 1,
+            429 => {
+                let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!((1..=60).contains(&retry), "Retry-After {retry}");
+                let error: Value = response.json().await.unwrap();
+                let message = error["error"].as_str().unwrap();
+                assert!(message.contains("max_queue_time of 1 ms"), "{message}");
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(served >= 1 && refused >= 1, "served {served}, refused {refused}");
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let line = |series: &str| metrics.lines().find(|line| line.starts_with(series)).map(str::to_string);
+    let counted = line(r#"inferd_rejected_requests_total{reason="queue_time"}"#).unwrap();
+    assert!(counted.ends_with(&format!(" {refused}")), "{counted}");
+    assert!(line(r#"inferd_admission_limit{model="breast-cancer-lightgbm"}"#).is_some(), "{metrics}");
+    // The burst is over: the next request is admitted.
+    assert_eq!(send(&server).await.unwrap().status(), 200);
+}
+
 #[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after() {
     // One request at a time, one waiting, and a model slow enough per request (a 100-tree
@@ -222,12 +277,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     // overflow the queue.
     let settings = "threads = 1\nbatching = { max_batch_size = 1, queue_capacity = 1 }";
     let server = Server::start_ready(&bundled_model("breast-cancer-lightgbm", settings), "").await;
-    let rows = 10_000;
-    let header = json!({ "inputs": [{ "name": "input", "shape": [rows, 30], "datatype": "FP64",
-                                      "parameters": { "binary_data_size": rows * 30 * 8 } }] })
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.extend(std::iter::repeat_n(1.0f64.to_le_bytes(), rows * 30).flatten());
+    let (header, body) = binary_rows(10_000);
     let mut overloaded = 0;
     for _round in 0..5 {
         let tasks: Vec<_> = (0..24)

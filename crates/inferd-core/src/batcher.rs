@@ -8,8 +8,10 @@
 //! with its own result and the batch's statistics.
 //!
 //! Guarantees:
-//! - a full queue rejects at once with [`InferError::Overloaded`] and a retry time estimated
-//!   from the queue's depth and the model's observed throughput;
+//! - a request that would wait longer than [`BatchPolicy::max_queue_time`] behind the work
+//!   queued ahead of it, at the model's observed speed, is refused at once with
+//!   [`InferError::Overloaded`] (see [`crate::admission`]), as is one that finds the queue full;
+//!   the retry time is when the queue will have drained enough to admit it;
 //! - a request whose deadline passes, or whose caller gave up, is dropped from the queue and
 //!   never run;
 //! - a panic inside the model fails only the batch it was running, and the worker goes on;
@@ -17,14 +19,14 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use crate::error::InferError;
+use crate::admission::{BatchCosts, QueueTimeLimit, retry_seconds};
+use crate::error::{InferError, Overload};
 use crate::metrics::BatchMetrics;
 
 /// What the batcher needs to know about one request to place it in a batch.
@@ -56,6 +58,8 @@ pub trait BatchModel: Send + 'static {
 
 /// The longest batch window a policy may set: longer ones are surely configuration mistakes.
 const MAX_QUEUE_DELAY: Duration = Duration::from_secs(60);
+/// The longest queue-time target a policy may set.
+const MAX_QUEUE_TIME: Duration = Duration::from_secs(3600);
 
 /// How a model's batches are formed, and how much may wait.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -72,13 +76,26 @@ pub struct BatchPolicy {
     /// batch, not per item, dominates, such as GPU models at low load.
     #[serde(with = "humantime_serde")]
     pub max_queue_delay: Duration,
-    /// Most requests waiting; one more is rejected at once as overloaded.
+    /// Longest a request may expect to wait for its batch to start: one that would wait longer,
+    /// behind the work queued ahead of it at the speed the model has shown, is refused at once
+    /// (429 with `Retry-After`) instead of queueing. The default, 100 ms, keeps admitted
+    /// requests near their unloaded latency under overload while leaving enough queued work to
+    /// form full batches.
+    #[serde(with = "humantime_serde")]
+    pub max_queue_time: Duration,
+    /// Most requests waiting, whatever their size; one more is refused at once as overloaded.
     pub queue_capacity: usize,
 }
 
 impl Default for BatchPolicy {
     fn default() -> Self {
-        Self { max_batch_size: 64, max_batch_tokens: None, max_queue_delay: Duration::ZERO, queue_capacity: 1024 }
+        Self {
+            max_batch_size: 64,
+            max_batch_tokens: None,
+            max_queue_delay: Duration::ZERO,
+            max_queue_time: Duration::from_millis(100),
+            queue_capacity: 1024,
+        }
     }
 }
 
@@ -96,6 +113,9 @@ impl BatchPolicy {
         }
         if self.max_queue_delay > MAX_QUEUE_DELAY {
             return Err(format!("max_queue_delay must be at most {}s", MAX_QUEUE_DELAY.as_secs()));
+        }
+        if self.max_queue_time.is_zero() || self.max_queue_time > MAX_QUEUE_TIME {
+            return Err(format!("max_queue_time must be more than zero and at most {}s", MAX_QUEUE_TIME.as_secs()));
         }
         Ok(())
     }
@@ -140,6 +160,21 @@ struct Queue<M: BatchModel> {
     /// Sum of the queued jobs' sizes.
     items: usize,
     closed: bool,
+    /// The model's measured speed, for expected waits.
+    costs: BatchCosts,
+    /// The batch computing now: when it started and how long it is expected to take.
+    running: Option<(Instant, Duration)>,
+}
+
+impl<M: BatchModel> Queue<M> {
+    /// How long a request queued now would wait for its batch to start: what remains of the
+    /// running batch, then the items queued ahead of it.
+    fn expected_wait(&self, policy: &BatchPolicy, now: Instant) -> Duration {
+        let running = self.running.map_or(Duration::ZERO, |(started, expected)| {
+            expected.saturating_sub(now.saturating_duration_since(started))
+        });
+        running + self.costs.time_for(self.items, policy.max_batch_size)
+    }
 }
 
 struct Shared<M: BatchModel> {
@@ -147,8 +182,6 @@ struct Shared<M: BatchModel> {
     policy: BatchPolicy,
     queue: Mutex<Queue<M>>,
     wakeup: Condvar,
-    /// Moving average of compute time per item, in nanoseconds, for retry estimates.
-    nanos_per_item: AtomicU64,
     metrics: BatchMetrics,
 }
 
@@ -165,9 +198,14 @@ impl<M: BatchModel> Batcher<M> {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             policy,
-            queue: Mutex::new(Queue { jobs: VecDeque::new(), items: 0, closed: false }),
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                items: 0,
+                closed: false,
+                costs: BatchCosts::default(),
+                running: None,
+            }),
             wakeup: Condvar::new(),
-            nanos_per_item: AtomicU64::new(0),
             metrics,
         });
         let worker_shared = Arc::clone(&shared);
@@ -190,13 +228,25 @@ impl<M: BatchModel> Batcher<M> {
         self.shared.wakeup.notify_all();
     }
 
+    /// Whether a request submitted now would be admitted, by the same bounds as
+    /// [`submit`](Self::submit): for refusing early, before costly preparation (tokenizing)
+    /// that a refusal would waste. `submit` checks again.
+    pub fn check_admission(&self) -> Result<(), InferError> {
+        let mut queue = self.shared.lock();
+        if queue.closed {
+            return Err(InferError::ShuttingDown);
+        }
+        self.shared.admits(&mut queue, Instant::now())
+    }
+
     /// Requests waiting in the queue now.
     pub fn queue_len(&self) -> usize {
         self.shared.lock().jobs.len()
     }
 
-    /// Queues `request` and waits for its answer. Rejects at once when the queue is full; gives
-    /// up with [`InferError::Timeout`] at `deadline`, after which the request is never run.
+    /// Queues `request` and waits for its answer. Rejects at once when the queue is full or the
+    /// request would wait longer than `max_queue_time`; gives up with [`InferError::Timeout`]
+    /// at `deadline`, after which the request is never run.
     /// Dropping the returned future also withdraws the request.
     pub async fn submit(
         &self,
@@ -245,16 +295,7 @@ impl<M: BatchModel> Shared<M> {
         if queue.closed {
             return Err(InferError::ShuttingDown);
         }
-        if queue.jobs.len() >= self.policy.queue_capacity {
-            // Requests whose callers have gone must not hold places a live caller could take.
-            self.drop_abandoned(&mut queue, now);
-        }
-        if queue.jobs.len() >= self.policy.queue_capacity {
-            return Err(InferError::Overloaded {
-                model: self.name.clone(),
-                retry_after: self.retry_after(queue.items),
-            });
-        }
+        self.admits(&mut queue, now)?;
         queue.items += job.size;
         queue.jobs.push_back(job);
         self.metrics.queue_depth.set(queue.jobs.len() as i64);
@@ -263,12 +304,29 @@ impl<M: BatchModel> Shared<M> {
         Ok(receiver)
     }
 
-    /// How long until `queued_items` will have been worked off, from observed throughput;
-    /// at least one second (the resolution of `Retry-After`), at most a minute.
-    fn retry_after(&self, queued_items: usize) -> Duration {
-        let nanos_per_item = f64::from_bits(self.nanos_per_item.load(Ordering::Relaxed));
-        let seconds = (queued_items as f64 * nanos_per_item / 1e9).ceil();
-        Duration::from_secs(seconds.clamp(1.0, 60.0) as u64)
+    /// Whether the queue takes one more request now: not when it is full, nor when the work
+    /// ahead would keep the request past `max_queue_time`.
+    fn admits(&self, queue: &mut Queue<M>, now: Instant) -> Result<(), InferError> {
+        let limit = QueueTimeLimit { target: self.policy.max_queue_time };
+        let mut expected_wait = queue.expected_wait(&self.policy, now);
+        if queue.jobs.len() >= self.policy.queue_capacity || limit.check(expected_wait).is_err() {
+            // Requests whose callers have gone must not hold places, or count as work ahead,
+            // against a live caller.
+            self.drop_abandoned(queue, now);
+            expected_wait = queue.expected_wait(&self.policy, now);
+        }
+        if queue.jobs.len() >= self.policy.queue_capacity {
+            return Err(InferError::Overloaded {
+                model: self.name.clone(),
+                cause: Overload::QueueFull,
+                retry_after: retry_seconds(expected_wait),
+            });
+        }
+        limit.check(expected_wait).map_err(|refused| InferError::Overloaded {
+            model: self.name.clone(),
+            cause: Overload::QueueTime { expected_wait, target: limit.target },
+            retry_after: refused.retry_after,
+        })
     }
 
     fn work(&self, mut model: M) {
@@ -300,7 +358,9 @@ impl<M: BatchModel> Shared<M> {
                 queue.jobs.iter().take(count).any(|job| job.deadline.is_some_and(|deadline| deadline <= window_end));
             if full || queue.closed || now >= window_end || deadline_first {
                 let batch: Vec<Job<M>> = queue.jobs.drain(..count).collect();
-                queue.items -= batch.iter().map(|job| job.size).sum::<usize>();
+                let items = batch.iter().map(|job| job.size).sum::<usize>();
+                queue.items -= items;
+                queue.running = Some((now, queue.costs.time_for(items, items)));
                 self.metrics.queue_depth.set(queue.jobs.len() as i64);
                 return Some(batch);
             }
@@ -369,7 +429,7 @@ impl<M: BatchModel> Shared<M> {
         let result = catch_unwind(AssertUnwindSafe(|| model.run_batch(requests)));
         let compute_time = started.elapsed();
         self.metrics.observe_batch(batch_size, compute_time);
-        self.record_throughput(batch_size, compute_time);
+        self.record_cost(batch_size, compute_time);
 
         let outputs = match result {
             Ok(Ok(outputs)) if outputs.len() == batch_requests => Ok(outputs),
@@ -405,14 +465,14 @@ impl<M: BatchModel> Shared<M> {
         }
     }
 
-    fn record_throughput(&self, items: usize, compute: Duration) {
-        if items == 0 {
-            return;
+    /// Learns the batch's cost, and publishes how many items the queue now admits.
+    fn record_cost(&self, items: usize, compute: Duration) {
+        let mut queue = self.lock();
+        queue.running = None;
+        queue.costs.observe(items, compute);
+        if let Some(limit) = queue.costs.items_within(self.policy.max_queue_time, self.policy.max_batch_size) {
+            self.metrics.admission_limit.set(limit.min(i64::MAX as usize) as i64);
         }
-        let sample = compute.as_nanos() as f64 / items as f64;
-        let previous = f64::from_bits(self.nanos_per_item.load(Ordering::Relaxed));
-        let average = if previous == 0.0 { sample } else { 0.8 * previous + 0.2 * sample };
-        self.nanos_per_item.store(average.to_bits(), Ordering::Relaxed);
     }
 }
 
@@ -446,7 +506,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
 
     use super::*;
@@ -729,6 +789,76 @@ mod tests {
         assert_eq!(seen, vec![1, 3], "the abandoned request never ran");
     }
 
+    /// A model that takes 100 ms per batch of one, except that a request of value 0 waits
+    /// for the gate to open.
+    struct Gated {
+        gate: mpsc::Receiver<()>,
+        runs: Arc<AtomicUsize>,
+    }
+
+    impl BatchModel for Gated {
+        type Request = Echo;
+        type Response = i64;
+
+        fn run_batch(&mut self, requests: Vec<Echo>) -> Result<Vec<i64>, InferError> {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            if requests.iter().any(|r| r.value == 0) {
+                let _ = self.gate.recv();
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(requests.iter().map(|r| r.value).collect())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_would_wait_too_long_is_refused_and_admitted_when_it_retries() {
+        let (open, gate) = mpsc::channel();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let metrics = Metrics::new();
+        let policy =
+            BatchPolicy { max_batch_size: 1, max_queue_time: Duration::from_millis(250), ..BatchPolicy::default() };
+        let model = Gated { gate, runs: Arc::clone(&runs) };
+        let batcher = Arc::new(Batcher::spawn("paced", model, policy, metrics.batcher("paced")).unwrap());
+        // One request teaches the batcher the model's speed: about 100 ms per item.
+        batcher.submit(echo(1), None).await.unwrap();
+        assert!(metrics.render().contains(r#"inferd_admission_limit{model="paced"} 2"#), "{}", metrics.render());
+        // A held request occupies the worker past its expected time, so that nothing of it
+        // counts; then three queue: they wait about 0, 100 and 200 ms.
+        let held = {
+            let batcher = Arc::clone(&batcher);
+            tokio::spawn(async move { batcher.submit(echo(0), None).await })
+        };
+        while runs.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let mut queued = Vec::new();
+        for value in 2..5 {
+            let submitter = Arc::clone(&batcher);
+            queued.push(tokio::spawn(async move { submitter.submit(echo(value), None).await }));
+            while batcher.queue_len() < (value - 1) as usize {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        // A fourth would wait about 300 ms, over the 250 ms target: refused at once.
+        let err = batcher.submit(echo(5), None).await.unwrap_err();
+        let InferError::Overloaded { cause: Overload::QueueTime { expected_wait, target }, retry_after, .. } = err
+        else {
+            panic!("expected a queue-time refusal, got {err:?}");
+        };
+        assert!(expected_wait > target && expected_wait < Duration::from_millis(400), "{expected_wait:?}");
+        assert_eq!(retry_after, Duration::from_secs(1));
+        // The work ahead drains; retrying after Retry-After is admitted.
+        open.send(()).unwrap();
+        tokio::time::sleep(retry_after).await;
+        assert_eq!(batcher.submit(echo(5), None).await.unwrap().output, 5);
+        held.await.unwrap().unwrap();
+        for task in queued {
+            task.await.unwrap().unwrap();
+        }
+    }
+
     #[test]
     fn invalid_policies_are_refused() {
         let invalid = [
@@ -736,6 +866,7 @@ mod tests {
             BatchPolicy { queue_capacity: 0, ..BatchPolicy::default() },
             BatchPolicy { max_batch_tokens: Some(0), ..BatchPolicy::default() },
             BatchPolicy { max_queue_delay: Duration::from_secs(3600), ..BatchPolicy::default() },
+            BatchPolicy { max_queue_time: Duration::ZERO, ..BatchPolicy::default() },
         ];
         for policy in invalid {
             assert!(policy.validate().is_err(), "{policy:?}");

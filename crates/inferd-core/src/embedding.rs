@@ -218,6 +218,12 @@ impl EmbeddingService {
             .collect()
     }
 
+    /// Whether the model's queue would admit a request now (see [`Batcher::check_admission`]):
+    /// called before tokenizing, so that a refusal under overload costs little.
+    pub fn check_admission(&self) -> Result<(), InferError> {
+        self.batcher.check_admission()
+    }
+
     /// Embeds already encoded sequences through the batcher; one vector per sequence, in order.
     pub async fn embed(
         &self,

@@ -8,6 +8,34 @@
 
 use std::time::Duration;
 
+/// Which of a model's queue bounds refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// The queue holds `queue_capacity` (or `max_queued_requests`) requests already.
+    QueueFull,
+    /// The work queued ahead would keep the request waiting longer than `max_queue_time`.
+    QueueTime {
+        /// How long it would have waited, at the model's observed speed.
+        expected_wait: Duration,
+        /// The model's `max_queue_time`.
+        target: Duration,
+    },
+}
+
+impl std::fmt::Display for Overload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::QueueFull => f.write_str("its queue is full"),
+            Self::QueueTime { expected_wait, target } => write!(
+                f,
+                "a request now would wait about {} ms in its queue, over its max_queue_time of {} ms",
+                expected_wait.as_millis(),
+                target.as_millis()
+            ),
+        }
+    }
+}
+
 /// Why an inference request did not produce an answer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InferError {
@@ -27,12 +55,16 @@ pub enum InferError {
         /// For a model still loading, an estimate of when it will be ready.
         retry_after: Option<Duration>,
     },
-    /// The model's queue is full; the client should retry after the given time.
-    #[error("model '{model}' is overloaded: its queue is full; retry after {}s", retry_after.as_secs())]
+    /// The model's queue refused the request: it is full, or the request would wait longer
+    /// than the model's `max_queue_time`; the client should retry after the given time.
+    #[error("model '{model}' is overloaded: {cause}; retry after {}s", retry_after.as_secs())]
     Overloaded {
         /// The model's name.
         model: String,
-        /// An estimate of when the queue will have room, from its depth and observed throughput.
+        /// Which bound refused it.
+        cause: Overload,
+        /// An estimate of when a request would be admitted, from the queue's depth and the
+        /// model's observed speed.
         retry_after: Duration,
     },
     /// The request carries no credentials, or ones that are not valid.

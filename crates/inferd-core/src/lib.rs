@@ -1,10 +1,12 @@
-//! inferd's serving core: devices, the model traits, the dynamic batcher and its policy, the
-//! model registry and readiness, error kinds, and metric handles.
+//! inferd's serving core: devices, the model traits, the dynamic batcher and its policy,
+//! admission by expected queue time, the model registry and readiness, error kinds, and metric
+//! handles.
 //!
 //! This crate knows nothing of HTTP or of model file formats: protocol adapters
 //! (`inferd-server`) sit above it, model families (`inferd-classical`, `inferd-transformers`)
 //! implement its traits.
 
+pub mod admission;
 pub mod batcher;
 pub mod cpu;
 pub mod device;
@@ -22,7 +24,7 @@ pub use cpu::{CpuLevel, cpu_level};
 pub use device::{Device, DeviceError, DeviceSpec, cuda_device_name, device_name};
 pub use embedding::{EmbeddingInfo, EmbeddingModel, EmbeddingService, TextEncoder, TextInput, TokenizedInputs};
 pub use engine::{Engine, Precision};
-pub use error::InferError;
+pub use error::{InferError, Overload};
 pub use generation::{
     CausalLm, ChatMessage, Event, FinishReason, GenerationInfo, GenerationRequest, GenerationService, GenerationStream,
     SamplingParams, SchedulerPolicy, SequenceStep, TextCodec,

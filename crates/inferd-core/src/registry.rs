@@ -60,6 +60,17 @@ impl ServedModel {
         }
     }
 
+    /// Whether the model would admit a request now, by its queue's bounds (capacity and
+    /// `max_queue_time`): protocol adapters ask before decoding or tokenizing, so that a
+    /// refusal under overload costs little. Submitting checks again.
+    pub fn check_admission(&self) -> Result<(), InferError> {
+        match &self.task {
+            ModelTask::Tabular(service) => service.check_admission(),
+            ModelTask::Embedding(service) => service.check_admission(),
+            ModelTask::Generation(service) => service.check_admission(),
+        }
+    }
+
     /// Stops accepting requests; queued ones still run.
     pub fn close(&self) {
         match &self.task {

@@ -268,6 +268,12 @@ impl TabularService {
         self.batcher.policy()
     }
 
+    /// Whether the model's queue would admit a request now (see [`Batcher::check_admission`]):
+    /// for refusing before decoding a large body.
+    pub fn check_admission(&self) -> Result<(), InferError> {
+        self.batcher.check_admission()
+    }
+
     /// Validates `rows` and predicts every output for them through the batcher.
     pub async fn predict(
         &self,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use inferd_core::{InferError, RejectReason};
+use inferd_core::{InferError, Overload, RejectReason};
 
 use crate::openai::OpenAiError;
 
@@ -30,10 +30,10 @@ pub(crate) fn reject_reason(err: &InferError) -> Option<RejectReason> {
     match err {
         InferError::Unauthenticated(_) | InferError::PermissionDenied(_) => Some(RejectReason::Auth),
         InferError::QuotaExceeded { .. } => Some(RejectReason::Quota),
-        InferError::Overloaded { .. }
-        | InferError::Busy { .. }
-        | InferError::NotReady { .. }
-        | InferError::ShuttingDown => Some(RejectReason::Overload),
+        InferError::Overloaded { cause: Overload::QueueTime { .. }, .. } => Some(RejectReason::QueueTime),
+        InferError::Overloaded { cause: Overload::QueueFull, .. } => Some(RejectReason::QueueFull),
+        InferError::Busy { .. } => Some(RejectReason::Concurrency),
+        InferError::NotReady { .. } | InferError::ShuttingDown => Some(RejectReason::Unavailable),
         InferError::Timeout => Some(RejectReason::Timeout),
         InferError::InvalidInput(_) | InferError::ModelNotFound(_) => Some(RejectReason::Invalid),
         InferError::Internal(_) => None,
@@ -44,7 +44,7 @@ pub(crate) fn reject_reason(err: &InferError) -> Option<RejectReason> {
 pub(crate) fn reject_reason_of_status(status: StatusCode) -> Option<RejectReason> {
     match status.as_u16() {
         401 | 403 => Some(RejectReason::Auth),
-        429 | 503 => Some(RejectReason::Overload),
+        429 | 503 => Some(RejectReason::Unavailable),
         504 => Some(RejectReason::Timeout),
         400..=499 => Some(RejectReason::Invalid),
         _ => None,

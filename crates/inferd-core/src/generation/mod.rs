@@ -108,11 +108,22 @@ pub struct SchedulerPolicy {
     pub max_prefill_tokens: usize,
     /// Requests that may wait for a place; more are refused with 429 and Retry-After.
     pub max_queued_requests: usize,
+    /// Longest a request may expect to wait for a place in the running batch (its time to
+    /// first token, less the prefill): one that would wait longer, at the rate the batch has
+    /// been freeing places, is refused at once (429 with `Retry-After`) instead of queueing.
+    #[serde(with = "humantime_serde")]
+    pub max_queue_time: Duration,
 }
 
 impl Default for SchedulerPolicy {
     fn default() -> Self {
-        Self { max_running_sequences: 16, max_total_tokens: 65_536, max_prefill_tokens: 2048, max_queued_requests: 256 }
+        Self {
+            max_running_sequences: 16,
+            max_total_tokens: 65_536,
+            max_prefill_tokens: 2048,
+            max_queued_requests: 256,
+            max_queue_time: Duration::from_secs(2),
+        }
     }
 }
 
@@ -128,6 +139,9 @@ impl SchedulerPolicy {
             if value == 0 {
                 return Err(format!("generation.{name} must be at least 1"));
             }
+        }
+        if self.max_queue_time.is_zero() || self.max_queue_time > Duration::from_secs(3600) {
+            return Err("generation.max_queue_time must be more than zero and at most 3600s".into());
         }
         Ok(())
     }
@@ -301,13 +315,21 @@ impl GenerationService {
     }
 
     /// Checks `request` (as [`check`](Self::check) does) and queues it. Refuses at once (with
-    /// [`InferError::Overloaded`]) when the queue is full.
+    /// [`InferError::Overloaded`]) when the queue is full or the request would wait past
+    /// `max_queue_time` for a place in the running batch.
     pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream, InferError> {
         let max_tokens = self.check(&request)?;
         let prompt_tokens = request.prompt.len();
         let (sender, events) = mpsc::unbounded_channel();
         self.scheduler.enqueue(request, max_tokens, sender)?;
         Ok(GenerationStream { events, prompt_tokens, max_tokens })
+    }
+
+    /// Whether a request submitted now would be admitted (not when the queue is full, nor when
+    /// it would wait past `max_queue_time`): for refusing before preparing the prompt.
+    /// [`submit`](Self::submit) checks again.
+    pub fn check_admission(&self) -> Result<(), InferError> {
+        self.scheduler.check_admission()
     }
 
     /// Stops accepting requests; running and queued sequences finish.

@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,8 @@ use super::{
     CausalLm, Event, FinishReason, GenerationInfo, GenerationRequest, Sampler, SchedulerPolicy, SequenceStep,
     TokenLogprobs,
 };
-use crate::error::InferError;
+use crate::admission::{QueueTimeLimit, retry_seconds, wait_for_place};
+use crate::error::{InferError, Overload};
 use crate::metrics::BatchMetrics;
 
 struct Job {
@@ -46,14 +47,23 @@ struct Shared {
     policy: SchedulerPolicy,
     queue: Mutex<Queue>,
     wakeup: Condvar,
-    /// Moving average of a sequence's time in the batch, in milliseconds, for retry estimates.
+    /// Moving average of a sequence's time in the batch, in milliseconds (0 before the first
+    /// finished), for expected waits.
     sequence_millis: AtomicU64,
+    /// Sequences in the running batch.
+    running: AtomicUsize,
     metrics: BatchMetrics,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long sequences stay in the running batch, on average; `None` before one finished.
+    fn sequence_time(&self) -> Option<Duration> {
+        let millis = self.sequence_millis.load(Ordering::Relaxed);
+        (millis > 0).then(|| Duration::from_millis(millis))
     }
 
     /// The thread has ended: refuse new requests and fail the queued ones.
@@ -87,7 +97,8 @@ impl Scheduler {
             policy,
             queue: Mutex::new(Queue { jobs: VecDeque::new(), closed: false }),
             wakeup: Condvar::new(),
-            sequence_millis: AtomicU64::new(1000),
+            sequence_millis: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
             metrics,
         });
         let worker = Worker { shared: Arc::clone(&shared), model, info, running: Vec::new(), reserved: 0 };
@@ -106,7 +117,8 @@ impl Scheduler {
         Ok(Self { shared })
     }
 
-    /// Queues a checked request, or refuses it when the queue is full or closed.
+    /// Queues a checked request, or refuses it when the queue is full or closed, or when it
+    /// would wait longer than `max_queue_time` for a place in the running batch.
     pub(super) fn enqueue(
         &self,
         request: GenerationRequest,
@@ -117,22 +129,46 @@ impl Scheduler {
         if queue.closed {
             return Err(InferError::ShuttingDown);
         }
-        let policy = &self.shared.policy;
-        if queue.jobs.len() >= policy.max_queued_requests {
-            // The queue drains by about max_running_sequences per sequence duration.
-            let millis = self.shared.sequence_millis.load(Ordering::Relaxed) as f64;
-            let rounds = queue.jobs.len() as f64 / policy.max_running_sequences as f64;
-            let seconds = (millis * rounds / 1000.0).ceil().clamp(1.0, 60.0);
-            return Err(InferError::Overloaded {
-                model: self.shared.name.clone(),
-                retry_after: Duration::from_secs(seconds as u64),
-            });
-        }
+        self.admits(&queue)?;
         queue.jobs.push_back(Job { request, max_tokens, enqueued: Instant::now(), events });
         self.shared.metrics.queue_depth.set(queue.jobs.len() as i64);
         drop(queue);
         self.shared.wakeup.notify_one();
         Ok(())
+    }
+
+    /// Whether a request queued now would be admitted, by the same bounds as `enqueue`.
+    pub(super) fn check_admission(&self) -> Result<(), InferError> {
+        let queue = self.shared.lock();
+        if queue.closed {
+            return Err(InferError::ShuttingDown);
+        }
+        self.admits(&queue)
+    }
+
+    /// Refuses a request when the queue is full, or when it would wait past `max_queue_time`
+    /// for a place in the running batch.
+    fn admits(&self, queue: &Queue) -> Result<(), InferError> {
+        let policy = &self.shared.policy;
+        let expected_wait = wait_for_place(
+            queue.jobs.len(),
+            self.shared.running.load(Ordering::Relaxed),
+            policy.max_running_sequences,
+            self.shared.sequence_time(),
+        );
+        if queue.jobs.len() >= policy.max_queued_requests {
+            return Err(InferError::Overloaded {
+                model: self.shared.name.clone(),
+                cause: Overload::QueueFull,
+                retry_after: retry_seconds(expected_wait),
+            });
+        }
+        let limit = QueueTimeLimit { target: policy.max_queue_time };
+        limit.check(expected_wait).map_err(|refused| InferError::Overloaded {
+            model: self.shared.name.clone(),
+            cause: Overload::QueueTime { expected_wait, target: limit.target },
+            retry_after: refused.retry_after,
+        })
     }
 
     /// Refuses new requests; what is queued and running finishes.
@@ -217,6 +253,7 @@ impl<M: CausalLm> Worker<M> {
             }
             shared.metrics.queue_depth.set(queue.jobs.len() as i64);
             shared.metrics.batch_started(self.running.len());
+            shared.running.store(self.running.len(), Ordering::Relaxed);
             if !self.running.is_empty() {
                 return true;
             }
@@ -321,14 +358,24 @@ impl<M: CausalLm> Worker<M> {
         self.running.retain(|sequence| {
             if sequence.done {
                 freed += sequence.reserved;
-                let millis = sequence.started.elapsed().as_millis() as u64;
+                let millis = (sequence.started.elapsed().as_millis() as u64).max(1);
                 let average = shared.sequence_millis.load(Ordering::Relaxed);
-                shared.sequence_millis.store((average * 7 + millis) / 8, Ordering::Relaxed);
+                let average = if average == 0 { millis } else { (average * 7 + millis) / 8 };
+                shared.sequence_millis.store(average, Ordering::Relaxed);
             }
             !sequence.done
         });
         self.reserved -= freed;
         shared.metrics.batch_started(self.running.len());
+        shared.running.store(self.running.len(), Ordering::Relaxed);
+        if freed > 0
+            && let Some(time) = shared.sequence_time()
+        {
+            // Places free at max_running per sequence time; this many can wait within the target.
+            let places = shared.policy.max_queue_time.as_secs_f64() * shared.policy.max_running_sequences as f64
+                / time.as_secs_f64();
+            shared.metrics.admission_limit.set(places.floor() as i64);
+        }
     }
 }
 
@@ -513,6 +560,45 @@ mod tests {
             collect(stream).await;
         }
         assert!(steps.lock().unwrap().iter().all(|&n| n <= 2));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_would_wait_too_long_for_a_place_is_refused() {
+        let policy = SchedulerPolicy {
+            max_running_sequences: 1,
+            max_queue_time: Duration::from_millis(1),
+            ..SchedulerPolicy::default()
+        };
+        let (service, _) = service(policy, None);
+        // Before any sequence finished the wait is unknown, so nothing is refused for it; one
+        // sequence of four steps (2 ms each) teaches the scheduler how long sequences take.
+        collect(service.submit(request(vec![1], None)).unwrap()).await;
+        let cycling = GenerationRequest { ignore_eos: true, ..request(vec![0], Some(60)) };
+        let mut long = service.submit(cycling).unwrap();
+        assert!(matches!(long.next().await, Some(Event::Started { .. })));
+        // The one place is taken; waiting for it would take about one sequence time, over 1 ms.
+        match service.submit(request(vec![1], None)) {
+            Err(InferError::Overloaded { cause: Overload::QueueTime { expected_wait, .. }, retry_after, .. }) => {
+                assert!(expected_wait > Duration::from_millis(1), "{expected_wait:?}");
+                assert_eq!(retry_after, Duration::from_secs(1));
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("admitted although the batch was full"),
+        }
+        // Once the place is free (the scheduler frees it right after the last token), the same
+        // request is admitted.
+        collect(long).await;
+        let started = Instant::now();
+        let admitted = loop {
+            match service.submit(request(vec![1], None)) {
+                Ok(stream) => break stream,
+                Err(InferError::Overloaded { .. }) if started.elapsed() < Duration::from_secs(5) => {
+                    tokio::task::yield_now().await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        };
+        assert_eq!(collect(admitted).await.0, vec![2, 3, 4, 5]);
     }
 
     #[tokio::test]

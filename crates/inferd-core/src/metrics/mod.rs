@@ -34,8 +34,14 @@ pub enum RejectReason {
     Auth,
     /// The caller's requests or tokens per minute are spent (429).
     Quota,
-    /// The server or a model's queue is full (429, 503).
-    Overload,
+    /// A model's queue would have kept the request longer than its `max_queue_time` (429).
+    QueueTime,
+    /// A model's queue is full (429).
+    QueueFull,
+    /// The server is at `max_concurrent_requests` (503).
+    Concurrency,
+    /// The model is not ready, or the server is draining (503).
+    Unavailable,
     /// The request itself is wrong (400, 404, 413, ...).
     Invalid,
     /// The request ran past its deadline (504).
@@ -48,7 +54,10 @@ impl RejectReason {
         match self {
             Self::Auth => "auth",
             Self::Quota => "quota",
-            Self::Overload => "overload",
+            Self::QueueTime => "queue_time",
+            Self::QueueFull => "queue_full",
+            Self::Concurrency => "concurrency",
+            Self::Unavailable => "unavailable",
             Self::Invalid => "invalid",
             Self::Timeout => "timeout",
         }
@@ -69,6 +78,7 @@ pub struct Metrics {
     batch_size: HistogramVec,
     queue_depth: IntGaugeVec,
     running: IntGaugeVec,
+    admission_limit: IntGaugeVec,
     model_ready: IntGaugeVec,
     window_latency: GaugeVec,
     window_requests: GaugeVec,
@@ -95,6 +105,7 @@ pub struct BatchMetrics {
     pub(crate) batch_size: Histogram,
     pub(crate) queue_depth: IntGauge,
     pub(crate) running: IntGauge,
+    pub(crate) admission_limit: IntGauge,
     windows: Windows,
     model: String,
 }
@@ -163,7 +174,7 @@ impl Metrics {
             ),
             rejected: counter(
                 "inferd_rejected_requests_total",
-                "Requests refused, by reason: auth, quota, overload, invalid, timeout.",
+                "Requests refused, by reason: auth, quota, queue_time, queue_full, concurrency, unavailable, invalid, timeout.",
                 &["reason"],
             ),
             tokens: counter(
@@ -197,6 +208,12 @@ impl Metrics {
                 "Items (rows or sequences) in the batch the model is computing now.",
                 &["model"],
             ),
+            admission_limit: int_gauge(
+                "inferd_admission_limit",
+                "What the model's queue admits now within its max_queue_time, at its measured speed: \
+                 items (rows or texts) for batched models, waiting requests for generation.",
+                &["model"],
+            ),
             model_ready: int_gauge("inferd_model_ready", "1 when the model is loaded and serving, else 0.", &["model"]),
             window_latency: gauge(
                 "inferd_request_latency_window_seconds",
@@ -225,7 +242,7 @@ impl Metrics {
             &["level"],
         );
         cpu_kernels.with_label_values(&[&crate::cpu_level().to_string()]).set(1);
-        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
             Box::new(cpu_kernels),
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_duration.clone()),
@@ -238,6 +255,7 @@ impl Metrics {
             Box::new(metrics.batch_size.clone()),
             Box::new(metrics.queue_depth.clone()),
             Box::new(metrics.running.clone()),
+            Box::new(metrics.admission_limit.clone()),
             Box::new(metrics.model_ready.clone()),
             Box::new(metrics.window_latency.clone()),
             Box::new(metrics.window_requests.clone()),
@@ -305,6 +323,7 @@ impl Metrics {
             batch_size: self.batch_size.with_label_values(&[model]),
             queue_depth: self.queue_depth.with_label_values(&[model]),
             running: self.running.with_label_values(&[model]),
+            admission_limit: self.admission_limit.with_label_values(&[model]),
             windows: self.windows.clone(),
             model: model.to_string(),
         }

@@ -253,6 +253,8 @@ async fn run(
 ) -> Result<Response, OpenAiError> {
     let served = state.model(caller, &job.model)?;
     let service = generation_service(&served, &job.model)?;
+    // Refused before the prompt is rendered and tokenized when it would be refused after.
+    served.check_admission()?;
     timing.mark(Stage::Parse);
     let codec = Arc::clone(service.codec());
     let prompt = match job.prompt {

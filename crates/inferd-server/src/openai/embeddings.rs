@@ -179,9 +179,9 @@ impl Embedded {
     }
 }
 
-/// Encodes the inputs off the async threads, checks them against `max_input_tokens`, reserves
-/// their tokens from the caller's quota, then
-/// embeds them through the model's batcher, marking the stages on `timing`.
+/// Checks that the model's queue would admit the request, encodes the inputs off the async
+/// threads, checks them against `max_input_tokens`, reserves their tokens from the caller's
+/// quota, then embeds them through the model's batcher, marking the stages on `timing`.
 pub(crate) async fn embed(
     state: &AppState,
     served: &Arc<ServedModel>,
@@ -191,6 +191,7 @@ pub(crate) async fn embed(
     caller: &Caller,
     timing: &Timing,
 ) -> Result<Embedded, InferError> {
+    served.check_admission()?;
     let model = Arc::clone(served);
     let sequences = tokio::task::spawn_blocking(move || match model.embedding() {
         Some(service) => service.encode(&inputs, truncate),

@@ -251,6 +251,8 @@ async fn run_infer(
         V2Error::new(rejection.status(), message).closing_connection()
     })?;
     let model = state.model(caller, name)?;
+    // A request the model's queue would refuse is refused before its tensors are decoded.
+    model.check_admission()?;
     let header_length = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(value) => Some(
