@@ -11,6 +11,8 @@
 
 use std::time::Duration;
 
+use crate::error::{InferError, Overload};
+
 /// Batch-size classes: batches of 1, 2–3, 4–7, ..., 2^(BUCKETS-1) and more items.
 const BUCKETS: usize = 17;
 /// Weight of the newest batch in each class's moving average.
@@ -93,6 +95,19 @@ impl QueueTimeLimit {
         let retry_after = retry_seconds(expected_wait - self.target);
         Err(TooLong { expected_wait, retry_after })
     }
+}
+
+/// The one admission decision of the batcher and the generation scheduler: refuse `model`'s
+/// request when its queue is `full`, or when `expected_wait` passes `target`; each with a
+/// Retry-After from the same estimate.
+pub fn admit(model: &str, full: bool, expected_wait: Duration, target: Duration) -> Result<(), InferError> {
+    let overloaded = |cause, retry_after| InferError::Overloaded { model: model.to_string(), cause, retry_after };
+    if full {
+        return Err(overloaded(Overload::QueueFull, retry_seconds(expected_wait)));
+    }
+    QueueTimeLimit { target }
+        .check(expected_wait)
+        .map_err(|refused| overloaded(Overload::QueueTime { expected_wait, target }, refused.retry_after))
 }
 
 /// `wait` rounded up to whole seconds, within 1 to 60: the `Retry-After` for work that will

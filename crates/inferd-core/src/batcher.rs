@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use crate::admission::{BatchCosts, QueueTimeLimit, retry_seconds};
-use crate::error::{InferError, Overload};
+use crate::admission::{BatchCosts, QueueTimeLimit, admit};
+use crate::error::InferError;
 use crate::metrics::BatchMetrics;
 
 /// What the batcher needs to know about one request to place it in a batch.
@@ -315,18 +315,7 @@ impl<M: BatchModel> Shared<M> {
             self.drop_abandoned(queue, now);
             expected_wait = queue.expected_wait(&self.policy, now);
         }
-        if queue.jobs.len() >= self.policy.queue_capacity {
-            return Err(InferError::Overloaded {
-                model: self.name.clone(),
-                cause: Overload::QueueFull,
-                retry_after: retry_seconds(expected_wait),
-            });
-        }
-        limit.check(expected_wait).map_err(|refused| InferError::Overloaded {
-            model: self.name.clone(),
-            cause: Overload::QueueTime { expected_wait, target: limit.target },
-            retry_after: refused.retry_after,
-        })
+        admit(&self.name, queue.jobs.len() >= self.policy.queue_capacity, expected_wait, limit.target)
     }
 
     fn work(&self, mut model: M) {
@@ -510,6 +499,7 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
+    use crate::error::Overload;
     use crate::metrics::Metrics;
 
     /// A request for the test model: `value` is echoed back doubled; a value of -1 panics.

@@ -26,8 +26,8 @@ use super::{
     CausalLm, Event, FinishReason, GenerationInfo, GenerationRequest, Sampler, SchedulerPolicy, SequenceStep,
     TokenLogprobs,
 };
-use crate::admission::{QueueTimeLimit, retry_seconds, wait_for_place};
-use crate::error::{InferError, Overload};
+use crate::admission::{admit, wait_for_place};
+use crate::error::InferError;
 use crate::metrics::BatchMetrics;
 
 struct Job {
@@ -156,19 +156,7 @@ impl Scheduler {
             policy.max_running_sequences,
             self.shared.sequence_time(),
         );
-        if queue.jobs.len() >= policy.max_queued_requests {
-            return Err(InferError::Overloaded {
-                model: self.shared.name.clone(),
-                cause: Overload::QueueFull,
-                retry_after: retry_seconds(expected_wait),
-            });
-        }
-        let limit = QueueTimeLimit { target: policy.max_queue_time };
-        limit.check(expected_wait).map_err(|refused| InferError::Overloaded {
-            model: self.shared.name.clone(),
-            cause: Overload::QueueTime { expected_wait, target: limit.target },
-            retry_after: refused.retry_after,
-        })
+        admit(&self.shared.name, queue.jobs.len() >= policy.max_queued_requests, expected_wait, policy.max_queue_time)
     }
 
     /// Refuses new requests; what is queued and running finishes.
@@ -410,6 +398,7 @@ fn sample_all(mut draws: Vec<(&mut Sampler, Vec<f32>)>) -> Vec<(u32, Option<Toke
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Overload;
     use crate::generation::{GenerationService, SamplingParams, TextCodec};
     use crate::metrics::Metrics;
 
