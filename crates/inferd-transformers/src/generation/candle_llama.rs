@@ -248,6 +248,16 @@ impl CandleLlama {
             }
         };
         let norm = source.vector("output_norm.weight", h, device)?;
+        let table = config.context_length.saturating_mul(config.head_dim).saturating_mul(std::mem::size_of::<f32>());
+        if table > MAX_ROTATION_TABLE {
+            let reason = format!(
+                "the rotation tables of {} positions × {} head width need {} MiB; cap generation.context_length",
+                config.context_length,
+                config.head_dim,
+                table >> 20
+            );
+            return Err(LoadError::invalid(source.path(), reason));
+        }
         let (cos, sin) = rotations(&config, device).map_err(|err| LoadError::Device(err.to_string()))?;
         Ok(Self { config, device: device.clone(), embeddings, layers, norm, head, cos, sin, format })
     }
@@ -384,6 +394,9 @@ impl CandleLlama {
         logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2()
     }
 }
+
+/// The most memory the `cos` and `sin` tables of every position may take together.
+const MAX_ROTATION_TABLE: usize = 4 << 30;
 
 /// `cos` and `sin` of every position's rotation, `[context_length × head_dim / 2]` each,
 /// computed in `f64` as the native engine computes them.

@@ -7,6 +7,15 @@ use serde::Deserialize;
 
 use crate::error::LoadError;
 
+/// The widest hidden, feed-forward, head count or head width a model may declare.
+pub const MAX_WIDTH: usize = 1 << 20;
+/// The most decoder layers a model may declare.
+pub const MAX_LAYERS: usize = 1 << 12;
+/// The largest vocabulary a model may declare.
+pub const MAX_VOCABULARY: usize = 1 << 24;
+/// The longest context a model may declare (Llama 4 Scout's 10M tokens fit).
+pub const MAX_CONTEXT: usize = 1 << 24;
+
 /// How rotary position embeddings pair the dimensions of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeStyle {
@@ -58,6 +67,21 @@ impl LlamaConfig {
         }
         if self.hidden_size == 0 || self.layers == 0 || self.vocab_size == 0 || self.context_length == 0 {
             return invalid("the model has an empty dimension".into());
+        }
+        // Far beyond any published model; what is past these is a corrupted or hostile file,
+        // refused before anything is allocated from it.
+        let limits = [
+            ("hidden size", self.hidden_size, MAX_WIDTH),
+            ("feed-forward width", self.intermediate_size, MAX_WIDTH),
+            ("query heads", self.heads, MAX_WIDTH),
+            ("key/value heads", self.kv_heads, MAX_WIDTH),
+            ("head width", self.head_dim, MAX_WIDTH),
+            ("layer count", self.layers, MAX_LAYERS),
+            ("vocabulary size", self.vocab_size, MAX_VOCABULARY),
+            ("context length", self.context_length, MAX_CONTEXT),
+        ];
+        if let Some((what, value, limit)) = limits.into_iter().find(|(_, value, limit)| value > limit) {
+            return invalid(format!("{what} {value} is past inferd's limit of {limit}"));
         }
         Ok(())
     }

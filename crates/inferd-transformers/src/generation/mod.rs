@@ -7,6 +7,7 @@
 //! - [`candle_llama`]: the same forward pass in candle tensors, for CUDA (and the CPU, where
 //!   tests check it against the same references as the native engine);
 //! - [`engine`]: either engine behind one `CausalLm`;
+//! - [`gguf_header`]: a GGUF header, checked against its file before anything is allocated;
 //! - [`gguf_tokenizer`], [`chat_template`], [`codec`]: the text side, self-contained for GGUF
 //!   files (tokenizer and template from the file's metadata).
 //!
@@ -20,6 +21,7 @@ pub mod chat_template;
 pub mod codec;
 pub mod config;
 pub mod engine;
+pub mod gguf_header;
 pub mod gguf_tokenizer;
 pub mod kv_cache;
 pub mod llama;
@@ -173,7 +175,7 @@ pub fn load_gguf(
 ) -> Result<LoadedGeneration, LoadError> {
     let io = |source| LoadError::Io { path: path.to_path_buf(), source };
     let mut file = File::open(path).map_err(io)?;
-    let content = gguf_file::Content::read(&mut file).map_err(|err| LoadError::invalid(path, err.to_string()))?;
+    let content = gguf_header::read(&mut file, path)?;
     let mut config = LlamaConfig::from_gguf(&content, path)?;
     config.context_length = context_length(config.context_length, options);
 
