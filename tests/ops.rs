@@ -1,7 +1,9 @@
 //! The operations layer over real HTTP against the real binary: API keys and JWTs, model
 //! allow-lists, request and token quotas, the concurrency limit, timeouts, body limits, request
-//! ids, Server-Timing, metrics, credentials reload on SIGHUP, TLS, OTLP traces, JSON logs, and
-//! the refusal to serve openly on a public address.
+//! ids, Server-Timing, metrics, credentials reload on SIGHUP, TLS, OTLP traces, JSON logs, the
+//! refusal to serve openly on a public address; and the edge: header and idle timeouts, the
+//! connection cap, malformed requests refused in the protocol's shape, and internal failures
+//! answered with the request id instead of their own message.
 
 #![allow(clippy::unwrap_used)]
 
@@ -601,4 +603,165 @@ fn hash_key_prints_what_the_configuration_takes() {
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
     assert_eq!(String::from_utf8(output.stdout).unwrap().trim(), hash("abc"));
+}
+
+/// Writes `head` on a fresh connection and returns what the server sent back before closing,
+/// and how long it took to close (`None` if still open after `limit`).
+async fn raw_exchange(server: &Server, head: &[u8], limit: Duration) -> (String, Option<Duration>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+    stream.write_all(head).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&answer).into_owned(), Some(started.elapsed())),
+            Ok(Ok(read)) => answer.extend_from_slice(&buffer[..read]),
+            Err(_) => return (String::from_utf8_lossy(&answer).into_owned(), None),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_and_idle_connections_are_closed_at_the_header_timeout() {
+    let server = Server::start(&bundled_model("iris-logistic", ""), "header_read_timeout = \"1s\"").await;
+    // Headers that never end: closed, with no answer, once the timeout passes.
+    let (answer, closed) =
+        raw_exchange(&server, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n", Duration::from_secs(10)).await;
+    let closed = closed.expect("a connection whose headers never end is closed");
+    assert!(closed >= Duration::from_millis(900) && closed < Duration::from_secs(5), "closed after {closed:?}");
+    assert!(answer.is_empty(), "{answer}");
+    // A keep-alive connection answered, then idle: closed at the same timeout.
+    let (answer, closed) =
+        raw_exchange(&server, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let closed = closed.expect("an idle keep-alive connection is closed");
+    assert!(closed >= Duration::from_millis(900) && closed < Duration::from_secs(5), "closed after {closed:?}");
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_wait_for_a_place() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&bundled_model("iris-logistic", ""), "max_connections = 2").await;
+    // Two connections that hold their places (headers begun, never finished).
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+        stream.write_all(b"GET /v2/health/live HTTP/1.1\r\n").await.unwrap();
+        holders.push(stream);
+    }
+    let probe = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // A third is not served while both places are held...
+    let waiting = tokio::spawn({
+        let address = server.address;
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream.write_all(probe).await.unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            answer
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a third connection was served past max_connections = 2");
+    // ...and is as soon as one closes.
+    drop(holders.pop());
+    let answer =
+        tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("served once a place freed").unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// The error message of a refusal, checked to be in the shape of its protocol.
+async fn refusal_message(response: reqwest::Response, openai: bool) -> (StatusCode, String) {
+    let status = response.status();
+    let kind = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(kind.as_deref(), Some("application/json"), "{status}");
+    let body: Value = response.json().await.unwrap();
+    let message = if openai { &body["error"]["message"] } else { &body["error"] };
+    (status, message.as_str().unwrap_or_else(|| panic!("not this protocol's shape: {body}")).to_string())
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_in_the_protocol_shape() {
+    let server = Server::start_ready(&bundled_model("iris-logistic", ""), "").await;
+    for (prefix, openai) in [("/v2/models/", false), ("/v1/models/", true)] {
+        let (status, message) = refusal_message(server.get(&format!("{prefix}%FF%FE")).await, openai).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+        assert!(message.contains("UTF-8"), "{message}");
+        let long = "m".repeat(20_000);
+        let (status, message) = refusal_message(server.get(&format!("{prefix}{long}")).await, openai).await;
+        assert_eq!(status, StatusCode::URI_TOO_LONG, "{message}");
+        let mut request = server.client.get(server.url(&format!("{prefix}iris-logistic")));
+        for index in 0..150 {
+            request = request.header(format!("x-filler-{index}"), "1");
+        }
+        let (status, message) = refusal_message(request.send().await.unwrap(), openai).await;
+        assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "{message}");
+    }
+    // A refusal made by the router itself.
+    let response = server.client.delete(server.url("/v2/health/live")).send().await.unwrap();
+    let (status, _) = refusal_message(response, false).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// A tabular model that panics on every batch, with a message that must not reach clients.
+struct Panicking;
+
+impl inferd_core::TabularModel for Panicking {
+    fn schema(&self) -> inferd_core::TabularSchema {
+        inferd_core::TabularSchema {
+            platform: "test".into(),
+            n_features: 2,
+            feature_names: None,
+            outputs: vec![inferd_core::OutputSpec {
+                name: "y".into(),
+                kind: inferd_core::ValueKind::Float,
+                row_shape: vec![],
+                default: true,
+            }],
+            accepts_non_finite: false,
+        }
+    }
+
+    fn predict(&mut self, _: &inferd_core::Rows) -> Result<Vec<inferd_core::TabularOutput>, inferd_core::InferError> {
+        panic!("secret engine detail 0xdeadbeef");
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_model_answers_500_with_the_request_id_not_the_panic() {
+    let registry = Arc::new(inferd_core::ModelRegistry::new(["boom".to_string()], Arc::default()).unwrap());
+    registry
+        .load("boom", |metrics| {
+            let service = inferd_core::TabularService::start(
+                "boom",
+                Box::new(Panicking),
+                inferd_core::BatchPolicy::default(),
+                metrics.batcher("boom"),
+            )?;
+            let task = inferd_core::ModelTask::Tabular(service);
+            Ok(inferd_core::ServedModel { name: "boom".into(), device: "cpu".into(), engine: "native".into(), task })
+        })
+        .join()
+        .unwrap();
+    let state = inferd_server::AppState::new(registry, inferd_server::ServerSettings::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(inferd_server::serve(listener, state, std::future::pending()));
+    let body = json!({ "inputs": [{ "name": "input", "shape": [1, 2], "datatype": "FP64", "data": [1.0, 2.0] }] });
+    for id in [None, Some("probe-42")] {
+        let mut request = reqwest::Client::new().post(format!("http://{address}/v2/models/boom/infer")).json(&body);
+        if let Some(id) = id {
+            request = request.header("x-request-id", id);
+        }
+        let response = request.send().await.unwrap();
+        let echoed = header(&response, "x-request-id").unwrap().to_string();
+        assert_eq!(id.unwrap_or(&echoed), echoed);
+        let (status, message) = refusal_message(response, false).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(message.contains(&echoed), "{message}");
+        assert!(!message.contains("deadbeef") && !message.contains("panic"), "{message}");
+    }
 }

@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use inferd_core::{InferError, Overload, RejectReason};
 
+use crate::edge::InternalFault;
 use crate::openai::OpenAiError;
 
 /// The HTTP status for each kind of failure, the same for every protocol.
@@ -95,6 +96,18 @@ pub(crate) fn finish_error(
     }
 }
 
+/// Logs a failure of the server itself, or marks an internal one's `message` on `response`:
+/// the observer then logs it with the request id and answers a generic message in its place
+/// ([`crate::edge::in_protocol_shape`]). Other server errors (503, 504) are logged here.
+pub(crate) fn mark_fault(response: &mut Response, message: String) {
+    let status = response.status();
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        response.extensions_mut().insert(InternalFault(message));
+    } else if status.is_server_error() {
+        tracing::warn!(status = status.as_u16(), error = %message, "request failed");
+    }
+}
+
 /// What to tell a client whose body could not be read: its size against the limit, or axum's
 /// own reason.
 pub(crate) fn rejected_body_message(rejection: &axum::extract::rejection::BytesRejection, limit: usize) -> String {
@@ -147,12 +160,10 @@ impl From<InferError> for V2Error {
 
 impl IntoResponse for V2Error {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(status = self.status.as_u16(), error = %self.message, "request failed");
-        }
         let body = serde_json::json!({ "error": self.message });
         let mut response = (self.status, axum::Json(body)).into_response();
         finish_error(&mut response, self.close_connection, self.retry_after, self.reason);
+        mark_fault(&mut response, self.message);
         response
     }
 }

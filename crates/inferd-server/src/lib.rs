@@ -16,6 +16,7 @@
 
 mod app;
 pub mod auth;
+mod edge;
 mod error;
 mod guard;
 mod observe;

@@ -1,5 +1,6 @@
 //! The observer around every request: a request id (the client's `x-request-id`, or a new
-//! UUID), echoed back; the stage clock handlers mark; then, once the response is ready, the
+//! UUID), echoed back; the stage clock handlers mark; the edge's checks and error shapes
+//! ([`crate::edge`]); then, once the response is ready, the
 //! metrics, the `Server-Timing`, `inferd-batch-size` and `x-ratelimit-*` headers, one log line,
 //! and, when configured, the trace spans.
 
@@ -13,6 +14,7 @@ use inferd_core::RejectReason;
 
 use crate::app::{AppState, ModelLabel, TokenUsage};
 use crate::auth::Caller;
+use crate::edge;
 use crate::error::reject_reason_of_status;
 use crate::guard::is_inference;
 use crate::telemetry::RequestTrace;
@@ -38,6 +40,7 @@ pub(crate) async fn observe(State(state): State<AppState>, mut request: Request,
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
     let method = request.method().clone();
+    let path = request.uri().path().to_owned();
     let inference = is_inference(&method);
     let trace_headers = state.telemetry.as_ref().map(|_| request.headers().clone());
     let timing = Timing::start(started);
@@ -45,7 +48,11 @@ pub(crate) async fn observe(State(state): State<AppState>, mut request: Request,
 
     let metrics = state.metrics();
     let in_flight = inference.then(|| metrics.enter_request());
-    let mut response = next.run(request).await;
+    let response = match edge::refuse_oversized(&request) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    };
+    let mut response = edge::in_protocol_shape(&path, &id, response).await;
     drop(in_flight);
     let elapsed = started.elapsed();
 

@@ -1,17 +1,33 @@
-//! Serving with graceful shutdown.
+//! Serving: the accept loop, each connection's HTTP/1 settings, and graceful shutdown.
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::serve::Listener;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
 
 use crate::app::{AppState, router};
+use crate::edge::MAX_HEADERS;
+
+/// Header lines hyper parses in one request before refusing it itself (431, empty body). It is
+/// well above [`MAX_HEADERS`], so that a request with too many headers normally reaches the
+/// router and is refused in its protocol's error shape.
+const PARSED_HEADERS: usize = 8 * MAX_HEADERS;
 
 /// Serves `state` on `listener` until `shutdown` completes. Then:
 /// 1. readiness turns false (503, `"draining": true`) while the server goes on serving for the
 ///    drain delay, so that load balancers stop sending it new requests;
 /// 2. the listener closes, idle connections close, and in-flight requests finish, for at most
 ///    the drain timeout.
+///
+/// At most `max_connections` connections are open at once (more wait in the listen backlog),
+/// and a connection that takes longer than `header_read_timeout` to send a request's headers,
+/// or stays idle that long between requests, is closed.
 ///
 /// Connections still busy at the drain timeout are abandoned, not cancelled: `serve` returns and
 /// their tasks end when the tokio runtime shuts down (as the `inferd` binary does right after).
@@ -20,7 +36,7 @@ use crate::app::{AppState, router};
 /// `listener` is a `tokio::net::TcpListener` for HTTP or a [`crate::TlsListener`] for HTTPS.
 /// On Unix, SIGHUP reads the keys file and JWKS file again.
 pub async fn serve<L>(
-    listener: L,
+    mut listener: L,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
@@ -30,39 +46,56 @@ where
 {
     #[cfg(unix)]
     let reloader = tokio::spawn(reload_on_hangup(state.clone()));
-    let drain_delay = state.settings.drain_delay;
-    let drain_timeout = state.settings.drain_timeout;
-    let (drain_started, drain_signal) = tokio::sync::oneshot::channel::<()>();
+    let settings = Arc::clone(&state.settings);
     let draining_state = state.clone();
-    let signal = async move {
+    let drain_delay = settings.drain_delay;
+    let draining = async move {
         shutdown.await;
         draining_state.start_draining();
         if !drain_delay.is_zero() {
             tracing::info!(delay = ?drain_delay, "shutting down: readiness is false; still serving during the drain delay");
             tokio::time::sleep(drain_delay).await;
         }
-        tracing::info!(timeout = ?drain_timeout, "shutting down: listener closed; draining in-flight requests");
-        let _ = drain_started.send(());
     };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
-    let deadline = async move {
-        // Resolves only once draining has started (a dropped sender means the server ended first).
-        if drain_signal.await.is_ok() {
-            tokio::time::sleep(drain_timeout).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    let served = tokio::select! {
-        served = server => served,
-        () = deadline => {
+    tokio::pin!(draining);
+
+    let service = TowerToHyperService::new(router(state));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout).max_headers(PARSED_HEADERS);
+    let open = Arc::new(Semaphore::new(settings.max_connections));
+    let connections = GracefulShutdown::new();
+    loop {
+        let place = tokio::select! {
+            () = &mut draining => break,
+            place = Arc::clone(&open).acquire_owned() => match place {
+                Ok(place) => place,
+                Err(_) => break,
+            },
+        };
+        let (io, peer) = tokio::select! {
+            () = &mut draining => break,
+            accepted = listener.accept() => accepted,
+        };
+        let connection = connections.watch(http.serve_connection(TokioIo::new(io), service.clone()));
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(?peer, %err, "connection closed on an error");
+            }
+            drop(place);
+        });
+    }
+    drop(listener);
+    let drain_timeout = settings.drain_timeout;
+    tracing::info!(timeout = ?drain_timeout, "shutting down: listener closed; draining in-flight requests");
+    tokio::select! {
+        () = connections.shutdown() => {}
+        () = tokio::time::sleep(drain_timeout) => {
             tracing::warn!(timeout = ?drain_timeout, "drain timeout reached; abandoning requests still in flight");
-            Ok(())
         }
-    };
+    }
     #[cfg(unix)]
     reloader.abort();
-    served
+    Ok(())
 }
 
 /// Reloads the credentials' files on each SIGHUP; a file that fails to load leaves the previous

@@ -26,6 +26,13 @@ pub struct ServerSettings {
     /// Then, longest time to let in-flight requests finish after the listener closes.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Longest a connection may take to send a request's headers, and longest a keep-alive
+    /// connection may stay idle between requests; then it is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Most client connections open at once; past them, new connections wait in the listen
+    /// backlog until one closes, so that slow clients cannot exhaust file descriptors.
+    pub max_connections: usize,
     /// Largest request body accepted, in bytes; larger ones are answered 413.
     pub max_body_bytes: usize,
     /// Most inputs (texts or token arrays) in one embedding request; more are answered 400.
@@ -82,10 +89,17 @@ impl ServerSettings {
             ("request_timeout", self.request_timeout),
             ("drain_delay", self.drain_delay),
             ("drain_timeout", self.drain_timeout),
+            ("header_read_timeout", self.header_read_timeout),
         ] {
             if value > MAX_DURATION {
                 return Err(format!("{key} must be at most 24h"));
             }
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err("header_read_timeout must be more than zero".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be more than zero".into());
         }
         if self.max_body_bytes == 0 {
             return Err("max_body_bytes must be more than zero".into());
@@ -118,6 +132,8 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
             max_body_bytes: 64 * 1024 * 1024,
             max_embedding_inputs: 2048,
             max_input_tokens: 1 << 20,

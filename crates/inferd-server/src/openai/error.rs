@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use inferd_core::{InferError, RejectReason};
 use serde_json::json;
 
-use crate::error::{finish_error, reject_reason, status_of};
+use crate::error::{finish_error, mark_fault, reject_reason, status_of};
 
 /// An error as OpenAI's API reports it.
 #[derive(Debug)]
@@ -95,12 +95,10 @@ impl OpenAiError {
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(status = self.status.as_u16(), error = %self.message, "request failed");
-        }
         let body = json!({ "error": self.body() });
         let mut response = (self.status, axum::Json(body)).into_response();
         finish_error(&mut response, self.close_connection, self.retry_after, self.reason);
+        mark_fault(&mut response, self.message);
         response
     }
 }

@@ -406,6 +406,14 @@ where
 
 /// An error inside a stream, in OpenAI's shape.
 pub(super) fn stream_error(err: InferError) -> Bytes {
+    // A stream's events pass no layer that could replace an internal failure's own message.
+    let err = match err {
+        InferError::Internal(message) => {
+            tracing::error!(error = %message, "stream failed");
+            InferError::Internal("internal server error".into())
+        }
+        other => other,
+    };
     let error = OpenAiError::from(err);
     sse_data(&json!({ "error": error.body() }))
 }

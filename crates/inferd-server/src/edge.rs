@@ -1,0 +1,85 @@
+//! The protocol's error shape for what the handlers do not answer themselves: requests refused
+//! for the size of their head (URI, header count), refusals made by axum's extractors and
+//! routing in plain text or with an empty body, and internal failures, whose own message is
+//! logged with the request id and never sent to the client.
+
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+
+use crate::error::protocol_status;
+
+/// Most header lines a request may carry; more are answered 431.
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Longest request target (path and query) accepted, in bytes; longer ones are answered 414.
+pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most of a plain-text refusal's body read to become the message of its JSON form.
+const MAX_MESSAGE_BYTES: usize = 4 * 1024;
+
+/// An internal failure's own message, carried from the error renderers to [`in_protocol_shape`]
+/// on the response, which logs it with the request id.
+#[derive(Clone, Debug)]
+pub(crate) struct InternalFault(pub(crate) String);
+
+/// The refusal of a request whose head is larger than the server accepts, if it is.
+pub(crate) fn refuse_oversized(request: &Request) -> Option<Response> {
+    let path = request.uri().path();
+    let target = request.uri().path_and_query().map_or(0, |target| target.as_str().len());
+    if target > MAX_URI_BYTES {
+        let message = format!("the request target is {target} bytes, past the limit of {MAX_URI_BYTES}");
+        return Some(protocol_status(path, StatusCode::URI_TOO_LONG, message));
+    }
+    let headers = request.headers().len();
+    if headers > MAX_HEADERS {
+        let message = format!("the request has {headers} header lines, past the limit of {MAX_HEADERS}");
+        return Some(protocol_status(path, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, message));
+    }
+    None
+}
+
+/// `response` to a request for `path`, with an error in the shape of the protocol `path`
+/// belongs to: an internal failure becomes a generic message that carries `request_id` (its
+/// own message is logged), and a refusal that is not JSON (axum's plain-text rejections, empty
+/// bodies) becomes JSON with its text, or its status's reason, as the message. Headers and
+/// extensions (`Retry-After`, `Allow`, metrics labels) are kept.
+pub(crate) async fn in_protocol_shape(path: &str, request_id: &str, mut response: Response) -> Response {
+    let status = response.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return response;
+    }
+    if let Some(InternalFault(detail)) = response.extensions_mut().remove::<InternalFault>() {
+        tracing::error!(request_id, status = status.as_u16(), error = %detail, "request failed");
+        let message = format!("internal server error (request id {request_id})");
+        let mut shaped = with_parts_of(response, protocol_status(path, status, message));
+        shaped.extensions_mut().remove::<InternalFault>();
+        return shaped;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|kind| kind.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_MESSAGE_BYTES)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("refused").to_string() } else { text };
+    with_parts_of(Response::from_parts(parts, axum::body::Body::empty()), protocol_status(path, status, message))
+}
+
+/// `shaped`, with the headers (but its own body's type and length) and extensions of `original`.
+fn with_parts_of(original: Response, shaped: Response) -> Response {
+    let (original, _) = original.into_parts();
+    let (mut parts, body) = shaped.into_parts();
+    for (name, value) in &original.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+    }
+    parts.extensions.extend(original.extensions);
+    Response::from_parts(parts, body)
+}
