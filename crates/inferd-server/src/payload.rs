@@ -1,11 +1,13 @@
-//! Debug logging of request and response bodies (target `inferd::payload`), only when
-//! `server.log_payloads` is on and the log filter enables that target at debug level. It runs
-//! inside the guard, so only authenticated, admitted requests are buffered and logged.
+//! Request and response bodies outside the handlers' own parsing: debug logging of both (target
+//! `inferd::payload`), only when `server.log_payloads` is on and the log filter enables that
+//! target at debug level (it runs inside the guard, so only authenticated, admitted requests are
+//! buffered and logged); and discarding the body of a request refused before it was read.
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::Response;
+use http_body_util::BodyExt;
 
 fn enabled() -> bool {
     tracing::enabled!(target: "inferd::payload", tracing::Level::DEBUG)
@@ -54,6 +56,21 @@ pub(crate) async fn log_response(response: Response) -> Response {
         Err(err) => {
             tracing::debug!(target: "inferd::payload", %err, "response body not logged");
             Response::from_parts(parts, Body::empty())
+        }
+    }
+}
+
+/// Reads and drops the body of a request refused before its body was needed, frame by frame
+/// without buffering, so that the connection stays open for the client's next request (hyper
+/// closes a connection whose request body was left unread, and a client still sending its body
+/// then sees a reset instead of the refusal). Past `limit` bytes, or on a read error, it stops
+/// and the connection closes.
+pub(crate) async fn discard(mut body: Body, limit: usize) {
+    let mut read = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        read = read.saturating_add(frame.data_ref().map_or(0, |data| data.len()));
+        if read > limit {
+            return;
         }
     }
 }

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,6 +26,7 @@ use crate::app::{AppState, labelled};
 use crate::auth::Caller;
 use crate::error::{V2Error, rejected_body_message};
 use crate::openai::Embedded;
+use crate::payload;
 use crate::timing::{Stage, Timing};
 
 /// The request's one input, which must be named `name`.
@@ -228,10 +228,10 @@ async fn infer(
     Extension(caller): Extension<Caller>,
     Extension(timing): Extension<Timing>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
     let result = match path.check_version() {
-        Ok(()) => run_infer(&state, &caller, &timing, &path.name, &headers, body).await,
+        Ok(()) => run_infer(&state, &caller, &timing, &path.name, &headers, request).await,
         Err(err) => Err(err),
     };
     labelled(&state, &path.name, result)
@@ -243,16 +243,24 @@ async fn run_infer(
     timing: &Timing,
     name: &str,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, V2Error> {
     let received = Instant::now();
-    let body = body.map_err(|rejection| {
+    // A request for an unknown model, or one the model's queue would refuse, is refused before
+    // its body is buffered or its tensors decoded: under overload most requests are refused, and
+    // what each refusal costs is taken from the requests being served.
+    let admitted = state.model(caller, name).and_then(|model| model.check_admission().map(|()| model));
+    let model = match admitted {
+        Ok(model) => model,
+        Err(err) => {
+            payload::discard(request.into_body(), state.settings.max_body_bytes).await;
+            return Err(err.into());
+        }
+    };
+    let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
         let message = rejected_body_message(&rejection, state.settings.max_body_bytes);
         V2Error::new(rejection.status(), message).closing_connection()
     })?;
-    let model = state.model(caller, name)?;
-    // A request the model's queue would refuse is refused before its tensors are decoded.
-    model.check_admission()?;
     let header_length = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(value) => Some(
