@@ -2,8 +2,9 @@
 //! allow-lists, request and token quotas, the concurrency limit, timeouts, body limits, request
 //! ids, Server-Timing, metrics, credentials reload on SIGHUP, TLS, OTLP traces, JSON logs, the
 //! refusal to serve openly on a public address; and the edge: header and idle timeouts, the
-//! connection cap, malformed requests refused in the protocol's shape, and internal failures
-//! answered with the request id instead of their own message.
+//! connection cap, malformed requests refused in the protocol's shape, internal failures
+//! answered with the request id instead of their own message, and refusals that do not ask for
+//! a body the client has not sent yet.
 
 #![allow(clippy::unwrap_used)]
 
@@ -764,4 +765,14 @@ async fn a_panicking_model_answers_500_with_the_request_id_not_the_panic() {
         assert!(message.contains(&echoed), "{message}");
         assert!(!message.contains("deadbeef") && !message.contains("panic"), "{message}");
     }
+}
+
+#[tokio::test]
+async fn a_refused_request_that_expects_100_continue_is_not_asked_for_its_body() {
+    let server = Server::start_ready(&bundled_model("iris-logistic", ""), "").await;
+    let head = b"POST /v2/models/no-such-model/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 10000000\r\nExpect: 100-continue\r\n\r\n";
+    let (answer, _) = raw_exchange(&server, head, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
 }
