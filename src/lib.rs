@@ -5,10 +5,11 @@
 //! `examples/embedded.rs`), or run the whole HTTP server with [`serve`].
 //!
 //! The parts, one crate each:
-//! - [`core`]: devices, the dynamic batcher, the model registry, metrics;
+//! - [`core`]: devices, the dynamic batcher, the generation scheduler, admission, the model
+//!   registry, metrics;
 //! - [`classical`]: linear and logistic regression, XGBoost and LightGBM trees;
 //! - [`transformers`]: tokenizers, model sources (folders, the Hugging Face hub), sentence
-//!   embeddings;
+//!   embeddings, and Llama-family decoders from GGUF and safetensors;
 //! - [`server`]: the HTTP APIs (Open Inference Protocol, OpenAI-compatible);
 //! - [`advise`]: the load generator, the VM catalogue and cost model, the CPU-or-GPU report.
 

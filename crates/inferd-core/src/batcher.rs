@@ -1,4 +1,5 @@
-//! The dynamic batcher: the heart of the runtime.
+//! The dynamic batcher, in front of every tabular and embedding model (generation has its own
+//! scheduler, `generation::scheduler`).
 //!
 //! Each model has one [`Batcher`]: a bounded queue in front of a worker on its own OS thread
 //! (model code never runs on the async runtime). The worker takes the oldest request, then waits
@@ -15,7 +16,8 @@
 //! - a request whose deadline passes, or whose caller gave up, is dropped from the queue and
 //!   never run;
 //! - a panic inside the model fails only the batch it was running, and the worker goes on;
-//! - dropping the batcher closes the queue, runs what is already queued, and joins the worker.
+//! - closing the batcher ([`Batcher::close`], or dropping it) refuses new requests and still runs
+//!   what is queued; the worker thread then ends.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};

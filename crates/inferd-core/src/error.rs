@@ -102,23 +102,6 @@ pub enum InferError {
 }
 
 impl InferError {
-    /// A short, stable name for the kind of failure, used as a metric label and in logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::InvalidInput(_) => "invalid",
-            Self::ModelNotFound(_) => "not_found",
-            Self::NotReady { .. } => "not_ready",
-            Self::Overloaded { .. } => "overload",
-            Self::Unauthenticated(_) => "unauthenticated",
-            Self::PermissionDenied(_) => "permission_denied",
-            Self::Busy { .. } => "busy",
-            Self::QuotaExceeded { .. } => "quota",
-            Self::Timeout => "timeout",
-            Self::ShuttingDown => "shutting_down",
-            Self::Internal(_) => "internal",
-        }
-    }
-
     /// When the client may usefully retry, if the failure is transient and the wait is known.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

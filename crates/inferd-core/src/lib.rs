@@ -1,4 +1,5 @@
-//! inferd's serving core: devices, the model traits, the dynamic batcher and its policy,
+//! inferd's serving core: devices, the model traits (tabular, embedding, generation), the dynamic
+//! batcher and its policy, the generation scheduler (continuous batching of sequences),
 //! admission by expected queue time, the model registry and readiness, error kinds, and metric
 //! handles.
 //!
