@@ -47,7 +47,9 @@ async fn a_failed_model_leaves_the_others_serving() {
 #[test]
 fn asking_for_cuda_without_it_stops_the_start_naming_the_model() {
     if cfg!(feature = "cuda") {
-        return; // A CUDA build on a GPU machine can open the device.
+        // A CUDA build on a GPU machine can open the device.
+        eprintln!("skipped: this is a CUDA build, which may find a device");
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("inferd.toml");
@@ -79,6 +81,8 @@ async fn serve_without_arguments_serves_the_bundled_models() {
         .spawn()
         .unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    // Killed however the test ends, so that a failed assertion leaves no server behind.
+    let child = KillOnDrop(child);
     let mut address = None;
     let mut line = String::new();
     while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 {
@@ -104,8 +108,17 @@ async fn serve_without_arguments_serves_the_bundled_models() {
     assert!(models.contains_key("all-minilm-l6-v2"), "{ready}");
     assert!(models.contains_key("smollm2-135m-instruct"), "{ready}");
     assert!(models.values().all(|state| state == "ready"), "{ready}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
+}
+
+/// A child process killed and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test]

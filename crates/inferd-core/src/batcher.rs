@@ -593,8 +593,10 @@ mod tests {
         assert_eq!(done.output, 14);
         assert_eq!(done.stats.batch_size, 1);
         assert!(elapsed >= delay, "the batcher waited for company: {elapsed:?}");
-        assert!(elapsed < delay + Duration::from_millis(100), "but not much longer: {elapsed:?}");
-        assert!(done.stats.queue_time >= delay && done.stats.queue_time < delay + Duration::from_millis(100));
+        // No company ever comes: what matters is that the window ended it, not how promptly a
+        // loaded machine woke the worker.
+        assert!(elapsed < delay + Duration::from_secs(1), "and then ran alone: {elapsed:?}");
+        assert!(done.stats.queue_time >= delay && done.stats.queue_time < delay + Duration::from_secs(1));
     }
 
     #[tokio::test]
@@ -631,9 +633,10 @@ mod tests {
         while h.batcher.queue_len() < 2 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let started = Instant::now();
         let err = h.batcher.submit(echo(99), None).await.unwrap_err();
-        assert!(started.elapsed() < Duration::from_millis(50), "rejected at once");
+        // At once: the worker is still on its first request, and the queue is as it was.
+        assert_eq!(h.runs.load(Ordering::SeqCst), 1, "refused without waiting for the worker");
+        assert_eq!(h.batcher.queue_len(), 2);
         match err {
             InferError::Overloaded { retry_after, .. } => assert!(retry_after >= Duration::from_secs(1)),
             other => panic!("expected overload, got {other:?}"),
