@@ -231,9 +231,8 @@ async fn a_client_that_disconnects_frees_its_sequence() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The stream's end is logged as a disconnect, with the tokens it had generated.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = server.log();
-    assert!(log.contains("stream ended") && log.contains("disconnected"), "{log}");
+    let log = server.wait_for_log("stream ended").await;
+    assert!(log.contains("disconnected"), "{log}");
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Server, bundled_model, repo, run_inferd};
 use serde_json::Value;
@@ -131,11 +131,18 @@ async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
         format!("POST /v2/models/iris-logistic/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(&body.as_bytes()[..10]).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    while !server.get("/metrics").await.text().await.unwrap().contains("\ninferd_requests_in_flight 1\n") {
+        assert!(started.elapsed() < Duration::from_secs(10), "the half-sent request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     server.terminate();
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(TcpStream::connect(server.address).is_err(), "no new connections while draining");
+    let started = Instant::now();
+    while TcpStream::connect(server.address).is_ok() {
+        assert!(started.elapsed() < Duration::from_secs(10), "new connections still accepted while draining");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     stream.write_all(&body.as_bytes()[10..]).unwrap();
     let mut response = String::new();

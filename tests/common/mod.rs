@@ -185,6 +185,20 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until the server's log holds `needle` (what it logs is the event to wait on, not a
+    /// sleep), and returns the log.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "never logged {needle:?}:\n{log}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         self.signal("TERM");
