@@ -1,8 +1,4 @@
-//! The axum application: shared state and routes.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+//! The axum application: every route behind the guard and the observer.
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -10,134 +6,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use inferd_core::{InferError, Metrics, ModelRegistry, ServedModel};
-use tokio::sync::Semaphore;
 
-use crate::auth::{AuthError, Authenticator, Caller};
 use crate::error::protocol_status;
-use crate::settings::ServerSettings;
-use crate::telemetry::Telemetry;
+use crate::state::AppState;
 use crate::{guard, observe, openai, v2};
-
-/// Why the server's state cannot be built.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// The settings are out of range or unsafe (see [`ServerSettings::validate`]).
-    #[error("invalid server settings: {0}")]
-    Settings(String),
-    /// The credentials' files cannot be used.
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-}
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub(crate) registry: Arc<ModelRegistry>,
-    pub(crate) settings: Arc<ServerSettings>,
-    pub(crate) auth: Arc<Authenticator>,
-    pub(crate) telemetry: Option<Arc<Telemetry>>,
-    /// One permit per inference request being answered, up to `max_concurrent_requests`.
-    pub(crate) concurrency: Arc<Semaphore>,
-    /// Moving average of inference request durations, in seconds (as `f64` bits), from which
-    /// `Retry-After` is estimated when the server is at its concurrency limit.
-    request_seconds: Arc<AtomicU64>,
-    /// When the server started, as OpenAI's model listing reports it.
-    pub(crate) started: SystemTime,
-    draining: Arc<AtomicBool>,
-}
-
-impl AppState {
-    /// State over `registry`'s models; reads the key and JWKS files the settings name.
-    pub fn new(registry: Arc<ModelRegistry>, settings: ServerSettings) -> Result<Self, StateError> {
-        settings.validate().map_err(StateError::Settings)?;
-        let auth = Authenticator::new(settings.auth.clone())?;
-        Ok(Self {
-            registry,
-            concurrency: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
-            settings: Arc::new(settings),
-            auth: Arc::new(auth),
-            telemetry: None,
-            request_seconds: Arc::new(AtomicU64::new(0)),
-            started: SystemTime::now(),
-            draining: Arc::new(AtomicBool::new(false)),
-        })
-    }
-
-    /// Exports a trace of every request through `telemetry`.
-    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
-        self.telemetry = Some(telemetry);
-        self
-    }
-
-    /// The models served.
-    pub fn registry(&self) -> &Arc<ModelRegistry> {
-        &self.registry
-    }
-
-    /// The credentials checker, to reload its files.
-    pub fn authenticator(&self) -> &Arc<Authenticator> {
-        &self.auth
-    }
-
-    pub(crate) fn metrics(&self) -> &Metrics {
-        self.registry.metrics()
-    }
-
-    /// The model `name`, if it exists and `caller` may use it.
-    pub(crate) fn model(&self, caller: &Caller, name: &str) -> Result<Arc<ServedModel>, InferError> {
-        caller.check_model(name)?;
-        self.registry.get(name)
-    }
-
-    /// Folds a finished inference request's duration into the moving average.
-    pub(crate) fn record_request_time(&self, elapsed: Duration) {
-        let sample = elapsed.as_secs_f64();
-        let _ = self.request_seconds.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-            let previous = f64::from_bits(bits);
-            let average = if previous == 0.0 { sample } else { 0.9 * previous + 0.1 * sample };
-            Some(average.to_bits())
-        });
-    }
-
-    /// When a request refused at the concurrency limit may usefully retry: the requests in
-    /// flight finish in about one average request duration, at least a second.
-    pub(crate) fn busy_retry_after(&self) -> Duration {
-        let average = f64::from_bits(self.request_seconds.load(Ordering::Relaxed));
-        let longest = self.settings.request_timeout.as_secs_f64().ceil().max(1.0);
-        Duration::from_secs(average.ceil().max(1.0).min(longest) as u64)
-    }
-
-    /// Marks the server as draining: readiness turns false so balancers stop sending traffic.
-    pub(crate) fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-
-    pub(crate) fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
-}
-
-/// The model a response was about, set by handlers so that metrics can label it. Only names of
-/// configured models are recorded, so arbitrary names in requests cannot grow the label set.
-#[derive(Clone)]
-pub(crate) struct ModelLabel(pub(crate) String);
-
-/// Attaches the model label for metrics, when the name is a configured model.
-pub(crate) fn labelled(state: &AppState, name: &str, response: impl IntoResponse) -> Response {
-    let mut response = response.into_response();
-    if state.registry.contains(name) {
-        response.extensions_mut().insert(ModelLabel(name.to_string()));
-    }
-    response
-}
-
-/// Tokens a request processed, set by handlers for metrics, quotas and logs.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct TokenUsage {
-    pub(crate) prompt: u64,
-    pub(crate) completion: u64,
-}
 
 /// Every route of the server, behind the guard (credentials, quotas, concurrency, timeout)
 /// and the observer (request ids, metrics, Server-Timing, logs, traces).

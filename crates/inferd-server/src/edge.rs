@@ -7,7 +7,7 @@ use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 
-use crate::error::protocol_status;
+use crate::error::{InternalFault, protocol_status};
 
 /// Most header lines a request may carry; more are answered 431.
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -15,11 +15,6 @@ pub(crate) const MAX_HEADERS: usize = 100;
 pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
 /// Most of a plain-text refusal's body read to become the message of its JSON form.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024;
-
-/// An internal failure's own message, carried from the error renderers to [`in_protocol_shape`]
-/// on the response, which logs it with the request id.
-#[derive(Clone, Debug)]
-pub(crate) struct InternalFault(pub(crate) String);
 
 /// The refusal of a request whose head is larger than the server accepts, if it is.
 pub(crate) fn refuse_oversized(request: &Request) -> Option<Response> {

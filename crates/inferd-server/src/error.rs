@@ -1,13 +1,16 @@
-//! Turning failures into HTTP responses.
+//! Turning failures into HTTP responses: one error type, [`ApiError`], rendered in the shape of
+//! the protocol it answers ([`V2Error`]: `{"error": "..."}`; [`OpenAiError`]: `{"error":
+//! {"message", "type", "param", "code"}}`, so that the official `openai` clients raise their
+//! usual exceptions), with the same status codes for every protocol and `Retry-After` when the
+//! wait is known.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use inferd_core::{InferError, Overload, RejectReason};
-
-use crate::edge::InternalFault;
-use crate::openai::OpenAiError;
+use serde_json::{Value, json};
 
 /// The HTTP status for each kind of failure, the same for every protocol.
 pub(crate) fn status_of(err: &InferError) -> StatusCode {
@@ -118,20 +121,70 @@ pub(crate) fn rejected_body_message(rejection: &axum::extract::rejection::BytesR
     }
 }
 
-/// An error in the Open Inference Protocol's shape: `{"error": "..."}`, with `Retry-After` on
-/// 429.
+/// An internal failure's own message, carried on the response from [`ApiError`]'s rendering to
+/// the observer, which logs it with the request id and answers a generic message in its place
+/// ([`crate::edge::in_protocol_shape`]).
+#[derive(Clone, Debug)]
+pub(crate) struct InternalFault(pub(crate) String);
+
+/// The error shape of one protocol.
+pub(crate) trait Shape {
+    /// The response body for `error`.
+    fn body(error: &ApiError<Self>) -> Value
+    where
+        Self: Sized;
+}
+
+/// The Open Inference Protocol's error shape: `{"error": "..."}`.
 #[derive(Debug)]
-pub(crate) struct V2Error {
+pub(crate) struct V2;
+
+/// OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub(crate) struct OpenAi;
+
+/// A refusal or failure in the Open Inference Protocol's shape.
+pub(crate) type V2Error = ApiError<V2>;
+/// A refusal or failure in OpenAI's shape.
+pub(crate) type OpenAiError = ApiError<OpenAi>;
+
+/// A failure to answer a request: its status, message and headers, in the shape `S`.
+#[derive(Debug)]
+pub(crate) struct ApiError<S> {
     status: StatusCode,
     message: String,
+    /// The request field at fault (OpenAI's `param`).
+    param: Option<&'static str>,
+    /// A machine-readable code (OpenAI's `code`).
+    code: Option<&'static str>,
     retry_after: Option<Duration>,
     close_connection: bool,
     reason: Option<RejectReason>,
+    shape: PhantomData<S>,
 }
 
-impl V2Error {
+impl<S> ApiError<S> {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), retry_after: None, close_connection: false, reason: None }
+        Self {
+            status,
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after: None,
+            close_connection: false,
+            reason: None,
+            shape: PhantomData,
+        }
+    }
+
+    /// A 400.
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// A 400 about the request's field `param`.
+    pub(crate) fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        Self { param: Some(param), ..Self::bad_request(message) }
     }
 
     /// Asks the client not to reuse the connection: for errors raised before the request body
@@ -141,26 +194,70 @@ impl V2Error {
         self
     }
 
-    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
+    /// OpenAI's `type` for this status.
+    fn kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            status if status.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        }
     }
 }
 
-impl From<InferError> for V2Error {
+impl OpenAiError {
+    /// The `error` object of the response body (also sent inside a stream).
+    pub(crate) fn body(&self) -> Value {
+        json!({ "message": self.message, "type": self.kind(), "param": self.param, "code": self.code })
+    }
+}
+
+impl Shape for V2 {
+    fn body(error: &ApiError<Self>) -> Value {
+        json!({ "error": error.message })
+    }
+}
+
+impl Shape for OpenAi {
+    fn body(error: &ApiError<Self>) -> Value {
+        json!({ "error": error.body() })
+    }
+}
+
+impl<S> From<InferError> for ApiError<S> {
     fn from(err: InferError) -> Self {
+        let code = match &err {
+            InferError::ModelNotFound(_) => Some("model_not_found"),
+            InferError::Overloaded { .. } | InferError::QuotaExceeded { .. } => Some("rate_limit_exceeded"),
+            InferError::Unauthenticated(_) => Some("invalid_api_key"),
+            InferError::PermissionDenied(_) => Some("model_not_allowed"),
+            InferError::Busy { .. } => Some("server_busy"),
+            InferError::Timeout => Some("timeout"),
+            InferError::NotReady { .. } | InferError::ShuttingDown => Some("service_unavailable"),
+            InferError::InvalidInput(_) | InferError::Internal(_) => None,
+        };
+        let param = match &err {
+            InferError::ModelNotFound(_) | InferError::PermissionDenied(_) => Some("model"),
+            InferError::InvalidInput(_) => Some("input"),
+            _ => None,
+        };
         Self {
             status: status_of(&err),
             retry_after: err.retry_after(),
             reason: reject_reason(&err),
             message: err.to_string(),
+            param,
+            code,
             close_connection: false,
+            shape: PhantomData,
         }
     }
 }
 
-impl IntoResponse for V2Error {
+impl<S: Shape> IntoResponse for ApiError<S> {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message });
+        let body = S::body(&self);
         let mut response = (self.status, axum::Json(body)).into_response();
         finish_error(&mut response, self.close_connection, self.retry_after, self.reason);
         mark_fault(&mut response, self.message);

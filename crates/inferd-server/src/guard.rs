@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::app::AppState;
 use crate::error::{protocol_error, protocol_status};
 use crate::payload;
+use crate::state::AppState;
 use crate::timing::Timing;
 
 /// A request's place under `max_concurrent_requests`, held until the response is complete: for

@@ -12,11 +12,11 @@ use axum::middleware::Next;
 use axum::response::Response;
 use inferd_core::RejectReason;
 
-use crate::app::{AppState, ModelLabel, TokenUsage};
 use crate::auth::Caller;
 use crate::edge;
 use crate::error::reject_reason_of_status;
 use crate::guard::is_inference;
+use crate::state::{AppState, ModelLabel, TokenUsage};
 use crate::telemetry::RequestTrace;
 use crate::timing::{Timing, server_timing};
 

@@ -11,8 +11,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
 
-use crate::app::{AppState, router};
+use crate::app::router;
 use crate::edge::MAX_HEADERS;
+use crate::state::AppState;
 
 /// Header lines hyper parses in one request before refusing it itself (431, empty body). It is
 /// well above [`MAX_HEADERS`], so that a request with too many headers normally reaches the

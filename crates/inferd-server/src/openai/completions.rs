@@ -19,15 +19,15 @@ use inferd_core::{ChatMessage, FinishReason, InferError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::OpenAiError;
 use super::generation::{
     Output, Prepared, Running, Sampling, StreamGuards, created, generation_service, sse_response, usage,
 };
 use super::reply::{Api, Reply, Streaming};
-use crate::app::{AppState, TokenUsage, labelled};
 use crate::auth::Caller;
+use crate::error::OpenAiError;
 use crate::error::rejected_body_message;
 use crate::guard::ConcurrencySlot;
+use crate::state::{AppState, TokenUsage, labelled};
 use crate::timing::{Stage, Timing};
 
 #[derive(Deserialize)]

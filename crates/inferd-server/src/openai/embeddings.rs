@@ -23,11 +23,11 @@ use inferd_core::{EmbeddingService, InferError, ServedModel, TextInput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::OpenAiError;
-use crate::app::{AppState, TokenUsage, labelled};
 use crate::auth::Caller;
+use crate::error::OpenAiError;
 use crate::error::rejected_body_message;
 use crate::quota::TokenReservation;
+use crate::state::{AppState, TokenUsage, labelled};
 use crate::timing::{Stage, Timing};
 
 #[derive(Deserialize)]

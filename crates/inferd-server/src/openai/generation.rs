@@ -23,11 +23,11 @@ use inferd_core::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::OpenAiError;
-use crate::app::AppState;
 use crate::auth::Caller;
+use crate::error::OpenAiError;
 use crate::guard::ConcurrencySlot;
 use crate::quota::TokenReservation;
+use crate::state::AppState;
 use crate::timing::{Stage, Timing};
 
 /// Sampling and length parameters common to both endpoints, with inferd's extensions

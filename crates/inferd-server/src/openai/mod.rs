@@ -5,7 +5,6 @@
 
 mod completions;
 mod embeddings;
-mod error;
 mod generation;
 mod models;
 mod reply;
@@ -13,13 +12,12 @@ mod reply;
 use axum::Router;
 use axum::routing::{get, post};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub(crate) use embeddings::{Embedded, embed};
-pub(crate) use error::OpenAiError;
 
 /// The OpenAI-compatible routes.
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/chat/completions", post(completions::chat))

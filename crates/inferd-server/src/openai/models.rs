@@ -8,9 +8,9 @@ use axum::{Extension, Json};
 use inferd_core::InferError;
 use serde_json::{Value, json};
 
-use super::error::OpenAiError;
-use crate::app::{AppState, labelled};
 use crate::auth::Caller;
+use crate::error::OpenAiError;
+use crate::state::{AppState, labelled};
 
 fn entry(name: &str, created: u64) -> Value {
     json!({ "id": name, "object": "model", "created": created, "owned_by": "inferd" })

@@ -10,7 +10,7 @@ use inferd_core::generation::TokenLogprobs;
 use serde_json::{Map, Value, json};
 
 use super::generation::{Output, Running, sse_data, stream_error, usage};
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Which of the two APIs a request came through; they differ only in their JSON.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -9,10 +9,10 @@ use std::time::Instant;
 use inferd_core::{ServedModel, TextInput};
 
 use super::codec::{InferRequest, OutputData, OutputTensor, TensorData};
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::V2Error;
 use crate::openai::Embedded;
+use crate::state::AppState;
 use crate::timing::Timing;
 
 /// The name of an embedding model's input.

@@ -22,11 +22,11 @@ use inferd_core::{InferError, ModelStatus, ModelTask, ServedModel};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::app::{AppState, labelled};
 use crate::auth::Caller;
 use crate::error::{V2Error, rejected_body_message};
 use crate::openai::Embedded;
 use crate::payload;
+use crate::state::{AppState, labelled};
 use crate::timing::{Stage, Timing};
 
 /// The request's one input, which must be named `name`.
@@ -46,7 +46,7 @@ const VERSION: &str = "1";
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// The protocol's routes. Each model route answers with and without `/versions/{version}`.
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
