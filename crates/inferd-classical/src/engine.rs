@@ -5,6 +5,7 @@
 //! on candle, on the CPU or CUDA.
 
 use inferd_core::Device;
+use inferd_core::PrecisionFamily;
 pub use inferd_core::{Engine, Precision};
 use serde::Deserialize;
 
@@ -24,9 +25,8 @@ impl EngineOptions {
     /// The engine and precision to use on `device`. Classical models compute in `f32` (the
     /// default on CUDA) or `f64` (the default on the CPU); `f16` is refused.
     pub fn resolve(&self, device: &Device) -> Result<(Engine, Precision), String> {
-        let on_gpu = !device.is_cpu();
-        let engine = self.engine.unwrap_or(if on_gpu { Engine::Tensor } else { Engine::Native });
-        let precision = self.precision.unwrap_or(if on_gpu { Precision::F32 } else { Precision::F64 });
+        let engine = Engine::or_default(self.engine, device);
+        let precision = Precision::or_default(self.precision, PrecisionFamily::Classical, device);
         if precision == Precision::F16 {
             return Err("classical models compute in f32 or f64, not f16".into());
         }

@@ -1,7 +1,10 @@
 //! Which engine computes a model, and in what floating-point precision: settings every model
-//! family shares, each family documenting which values it supports.
+//! family shares, each family documenting which values it supports. The defaults for each device
+//! live here, and only here.
 
 use serde::Deserialize;
+
+use crate::device::Device;
 
 /// The engine that computes a model's outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -14,6 +17,12 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// `requested`, or the default on `device`: the native engine on the CPU, the tensor engine
+    /// on a GPU.
+    pub fn or_default(requested: Option<Engine>, device: &Device) -> Engine {
+        requested.unwrap_or(if device.is_cpu() { Self::Native } else { Self::Tensor })
+    }
+
     /// The name used in configuration and metadata.
     pub fn name(self) -> &'static str {
         match self {
@@ -35,7 +44,26 @@ pub enum Precision {
     F64,
 }
 
+/// The model families whose tensor engines take a precision, each with its own defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecisionFamily {
+    /// Linear models and trees: `f64` on the CPU (their libraries' arithmetic), `f32` on a GPU.
+    Classical,
+    /// Sentence encoders: `f32` on the CPU, `f16` on a GPU.
+    Embedding,
+}
+
 impl Precision {
+    /// `requested`, or `family`'s default on `device`.
+    pub fn or_default(requested: Option<Precision>, family: PrecisionFamily, device: &Device) -> Precision {
+        requested.unwrap_or(match (family, device.is_cpu()) {
+            (PrecisionFamily::Classical, true) => Self::F64,
+            (PrecisionFamily::Classical, false) => Self::F32,
+            (PrecisionFamily::Embedding, true) => Self::F32,
+            (PrecisionFamily::Embedding, false) => Self::F16,
+        })
+    }
+
     /// The name used in configuration and metadata.
     pub fn name(self) -> &'static str {
         match self {

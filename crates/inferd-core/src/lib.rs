@@ -24,7 +24,7 @@ pub use batcher::{BatchItem, BatchModel, BatchPolicy, BatchStats, Batcher, Compl
 pub use cpu::{CpuLevel, cpu_level};
 pub use device::{Device, DeviceError, DeviceSpec, cuda_device_name, device_name};
 pub use embedding::{EmbeddingInfo, EmbeddingModel, EmbeddingService, TextEncoder, TextInput, TokenizedInputs};
-pub use engine::{Engine, Precision};
+pub use engine::{Engine, Precision, PrecisionFamily};
 pub use error::{InferError, Overload};
 pub use generation::{
     CausalLm, ChatMessage, Event, FinishReason, GenerationInfo, GenerationRequest, GenerationService, GenerationStream,

@@ -12,7 +12,7 @@ mod pipeline;
 use std::sync::Arc;
 
 use candle_core::DType;
-use inferd_core::{Device, EmbeddingInfo, EmbeddingModel, Engine, Precision, TextEncoder};
+use inferd_core::{Device, EmbeddingInfo, EmbeddingModel, Engine, Precision, PrecisionFamily, TextEncoder};
 
 pub use pipeline::{Pipeline, Pooling};
 
@@ -93,8 +93,8 @@ pub fn load_embedding(
     let weights = Weights::load(&weights_path)?;
 
     let on_gpu = !device.is_cpu();
-    let engine = options.engine.unwrap_or(if on_gpu { Engine::Tensor } else { Engine::Native });
-    let precision = options.precision.unwrap_or(if on_gpu { Precision::F16 } else { Precision::F32 });
+    let engine = Engine::or_default(options.engine, device);
+    let precision = Precision::or_default(options.precision, PrecisionFamily::Embedding, device);
     let dtype = match precision {
         Precision::F32 => DType::F32,
         Precision::F16 if on_gpu => DType::F16,

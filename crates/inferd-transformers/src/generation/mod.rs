@@ -142,7 +142,7 @@ impl Target {
     /// the candle engine elsewhere); the native engine on a GPU is refused.
     pub fn new(device: &Device, options: &GenerationOptions) -> Result<Self, LoadError> {
         let on_cpu = device.is_cpu();
-        match options.engine.unwrap_or(if on_cpu { Engine::Native } else { Engine::Tensor }) {
+        match Engine::or_default(options.engine, device) {
             Engine::Native if !on_cpu => Err(LoadError::Device(
                 "the native generation engine runs on the CPU only; use engine = \"tensor\" on a GPU".into(),
             )),
