@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use http_body_util::BodyExt;
 
@@ -60,12 +60,18 @@ pub(crate) async fn log_response(response: Response) -> Response {
     }
 }
 
-/// Reads and drops the body of a request refused before its body was needed, frame by frame
+/// Reads and drops the body of `request`, refused before its body was needed, frame by frame
 /// without buffering, so that the connection stays open for the client's next request (hyper
 /// closes a connection whose request body was left unread, and a client still sending its body
 /// then sees a reset instead of the refusal). Past `limit` bytes, or on a read error, it stops
-/// and the connection closes.
-pub(crate) async fn discard(mut body: Body, limit: usize) {
+/// and the connection closes. A client that sent `Expect: 100-continue` sends its body only
+/// once asked (hyper asks when the body is first read): its body is left unasked, so the
+/// refusal costs it no upload.
+pub(crate) async fn discard(request: Request, limit: usize) {
+    if expects_continue(request.headers()) {
+        return;
+    }
+    let mut body = request.into_body();
     let mut read = 0usize;
     while let Some(Ok(frame)) = body.frame().await {
         read = read.saturating_add(frame.data_ref().map_or(0, |data| data.len()));
@@ -73,4 +79,13 @@ pub(crate) async fn discard(mut body: Body, limit: usize) {
             return;
         }
     }
+}
+
+/// Whether the client waits for `100 Continue` before sending the body (curl does for large
+/// bodies).
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.eq_ignore_ascii_case("100-continue"))
 }

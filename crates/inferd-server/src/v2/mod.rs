@@ -237,15 +237,6 @@ async fn infer(
     labelled(&state, &path.name, result)
 }
 
-/// Whether the client waits for `100 Continue` before sending the body (curl does for large
-/// bodies).
-fn expects_continue(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::EXPECT)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.eq_ignore_ascii_case("100-continue"))
-}
-
 async fn run_infer(
     state: &AppState,
     caller: &Caller,
@@ -262,11 +253,7 @@ async fn run_infer(
     let model = match admitted {
         Ok(model) => model,
         Err(err) => {
-            // A client that sent `Expect: 100-continue` sends its body only once asked (hyper
-            // asks when the body is first read): it is refused without uploading it.
-            if !expects_continue(headers) {
-                payload::discard(request.into_body(), state.settings.max_body_bytes).await;
-            }
+            payload::discard(request, state.settings.max_body_bytes).await;
             return Err(err.into());
         }
     };
