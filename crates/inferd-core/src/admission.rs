@@ -15,15 +15,39 @@ use crate::error::{InferError, Overload};
 
 /// Batch-size classes: batches of 1, 2–3, 4–7, ..., 2^(BUCKETS-1) and more items.
 const BUCKETS: usize = 17;
-/// Weight of the newest batch in each class's moving average.
-const SMOOTHING: f64 = 0.2;
+
+/// An exponentially weighted moving average: the one way inferd follows a measured pace (the
+/// batcher's cost per item, the scheduler's time per sequence, the server's request time).
+/// The newest sample weighs [`MovingAverage::SMOOTHING`]: about the last ten samples count.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MovingAverage {
+    value: Option<f64>,
+}
+
+impl MovingAverage {
+    /// Weight of the newest sample.
+    pub const SMOOTHING: f64 = 0.2;
+
+    /// Folds in `sample`; the first sample is the average.
+    pub fn observe(&mut self, sample: f64) {
+        self.value = Some(match self.value {
+            None => sample,
+            Some(average) => (1.0 - Self::SMOOTHING) * average + Self::SMOOTHING * sample,
+        });
+    }
+
+    /// The average; `None` before the first sample.
+    pub fn value(&self) -> Option<f64> {
+        self.value
+    }
+}
 
 /// A model's measured compute time per item, by batch size (in powers of two), as moving
 /// averages of the batches it ran.
 #[derive(Debug, Clone, Default)]
 pub struct BatchCosts {
-    /// Seconds per item for each size class; zero where no batch of that size has run yet.
-    seconds_per_item: [f64; BUCKETS],
+    /// Seconds per item for each size class; empty where no batch of that size has run yet.
+    seconds_per_item: [MovingAverage; BUCKETS],
 }
 
 fn bucket(items: usize) -> usize {
@@ -36,9 +60,7 @@ impl BatchCosts {
         if items == 0 {
             return;
         }
-        let sample = compute.as_secs_f64() / items as f64;
-        let average = &mut self.seconds_per_item[bucket(items)];
-        *average = if *average == 0.0 { sample } else { (1.0 - SMOOTHING) * *average + SMOOTHING * sample };
+        self.seconds_per_item[bucket(items)].observe(compute.as_secs_f64() / items as f64);
     }
 
     /// Seconds per item in a batch of `items`: that size class's average, else the nearest
@@ -46,9 +68,10 @@ impl BatchCosts {
     /// before any batch ran.
     pub fn seconds_per_item(&self, items: usize) -> Option<f64> {
         let class = bucket(items);
-        let nearest =
-            (0..BUCKETS).filter(|&i| self.seconds_per_item[i] > 0.0).min_by_key(|&i| (i.abs_diff(class), i))?;
-        Some(self.seconds_per_item[nearest])
+        (0..BUCKETS)
+            .filter_map(|i| Some((i, self.seconds_per_item[i].value()?)))
+            .min_by_key(|&(i, _)| (i.abs_diff(class), i))
+            .map(|(_, seconds)| seconds)
     }
 
     /// How long `items` queued take to compute, in batches of at most `max_batch_size`; zero

@@ -5,8 +5,10 @@
 //! (model code never runs on the async runtime). The worker takes the oldest request, then waits
 //! at most [`BatchPolicy::max_queue_delay`] (counted from that request's arrival) for more, until
 //! the batch is full by [`BatchPolicy::max_batch_size`] items or
-//! [`BatchPolicy::max_batch_tokens`] padded tokens, runs the batch, and answers every request
-//! with its own result and the batch's statistics.
+//! [`BatchPolicy::max_batch_tokens`] tokens (padded or real, as the engine computes them: see
+//! [`TokenLayout`]), runs the batch, and answers every request with its own result and the
+//! batch's statistics. The queue itself, its bounds, admission, pruning and the worker thread's
+//! safety are [`crate::queue`]'s, shared with the generation scheduler.
 //!
 //! Guarantees:
 //! - a request that would wait longer than [`BatchPolicy::max_queue_time`] behind the work
@@ -20,16 +22,16 @@
 //!   what is queued; the worker thread then ends.
 
 use std::collections::VecDeque;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use crate::admission::{BatchCosts, QueueTimeLimit, admit};
+use crate::admission::BatchCosts;
 use crate::error::InferError;
 use crate::metrics::BatchMetrics;
+use crate::queue::{Backlog, Waiting, WorkQueue, guarded};
 
 /// What the batcher needs to know about one request to place it in a batch.
 pub trait BatchItem {
@@ -39,11 +41,30 @@ pub trait BatchItem {
         1
     }
 
-    /// The request's longest sequence in tokens, for the `max_batch_tokens` budget; 0 for models
-    /// without tokens.
-    fn tokens(&self) -> usize {
-        0
+    /// The request's tokens, for the `max_batch_tokens` budget; none for models without tokens.
+    fn tokens(&self) -> TokenCount {
+        TokenCount::default()
     }
+}
+
+/// A request's tokens, as the two kinds of engine count them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenCount {
+    /// Its longest sequence.
+    pub longest: usize,
+    /// All its sequences together.
+    pub total: usize,
+}
+
+/// How an engine lays out a batch of sequences, which decides what `max_batch_tokens` counts:
+/// the tokens the engine actually computes (as Hugging Face TEI's `is_padded` does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TokenLayout {
+    /// Every sequence padded to the batch's longest: a batch costs longest × sequences.
+    #[default]
+    Padded,
+    /// Sequences laid end to end without padding: a batch costs the sum of its tokens.
+    Ragged,
 }
 
 /// A model that answers a batch of requests at once. It lives on the batcher's worker thread.
@@ -56,6 +77,11 @@ pub trait BatchModel: Send + 'static {
     /// Answers every request, in order: exactly one response per request. An error fails the
     /// whole batch.
     fn run_batch(&mut self, requests: Vec<Self::Request>) -> Result<Vec<Self::Response>, InferError>;
+
+    /// How the model lays out a batch's tokens; padded unless it says otherwise.
+    fn token_layout(&self) -> TokenLayout {
+        TokenLayout::Padded
+    }
 }
 
 /// The longest batch window a policy may set: longer ones are surely configuration mistakes.
@@ -70,7 +96,9 @@ pub struct BatchPolicy {
     /// Most items (rows or sequences) in one batch. A single request larger than this runs as a
     /// batch of its own.
     pub max_batch_size: usize,
-    /// Most padded tokens (longest sequence × sequences) in one batch, for text models.
+    /// Most tokens in one batch, for text models, counted as the engine computes them: padded
+    /// tokens (longest sequence × sequences) for padded engines, real tokens for ragged ones
+    /// (the native encoder). A single request over the budget runs as a batch of its own.
     pub max_batch_tokens: Option<usize>,
     /// Longest time the oldest queued request waits for others to join its batch. The default,
     /// zero, never delays a request: a batch takes whatever queued while the previous one ran,
@@ -151,45 +179,54 @@ type Reply<T> = oneshot::Sender<Answer<T>>;
 struct Job<M: BatchModel> {
     request: M::Request,
     size: usize,
-    tokens: usize,
+    tokens: TokenCount,
     enqueued: Instant,
     deadline: Option<Instant>,
     reply: Reply<M::Response>,
 }
 
-struct Queue<M: BatchModel> {
-    jobs: VecDeque<Job<M>>,
-    /// Sum of the queued jobs' sizes.
-    items: usize,
-    closed: bool,
-    /// The model's measured speed, for expected waits.
+impl<M: BatchModel> Waiting for Job<M> {
+    fn items(&self) -> usize {
+        self.size
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+
+    fn refuse(self, error: InferError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+/// The model's measured speed and the batch computing now: how long queued items will wait.
+struct Pace {
     costs: BatchCosts,
+    max_batch_size: usize,
     /// The batch computing now: when it started and how long it is expected to take.
     running: Option<(Instant, Duration)>,
 }
 
-impl<M: BatchModel> Queue<M> {
-    /// How long a request queued now would wait for its batch to start: what remains of the
-    /// running batch, then the items queued ahead of it.
-    fn expected_wait(&self, policy: &BatchPolicy, now: Instant) -> Duration {
+impl Backlog for Pace {
+    /// What remains of the running batch, then the items queued ahead.
+    fn expected_wait(&self, _requests: usize, items: usize, now: Instant) -> Duration {
         let running = self.running.map_or(Duration::ZERO, |(started, expected)| {
             expected.saturating_sub(now.saturating_duration_since(started))
         });
-        running + self.costs.time_for(self.items, policy.max_batch_size)
+        running + self.costs.time_for(items, self.max_batch_size)
     }
 }
 
-struct Shared<M: BatchModel> {
-    name: String,
-    policy: BatchPolicy,
-    queue: Mutex<Queue<M>>,
-    wakeup: Condvar,
-    metrics: BatchMetrics,
-}
+type Queue<M> = WorkQueue<Job<M>, Pace>;
 
 /// A model's queue and its worker thread. Cheap to share behind an `Arc`.
 pub struct Batcher<M: BatchModel> {
-    shared: Arc<Shared<M>>,
+    queue: Arc<Queue<M>>,
+    policy: BatchPolicy,
 }
 
 impl<M: BatchModel> Batcher<M> {
@@ -197,53 +234,40 @@ impl<M: BatchModel> Batcher<M> {
     /// cannot be spawned.
     pub fn spawn(name: &str, model: M, policy: BatchPolicy, metrics: BatchMetrics) -> Result<Self, String> {
         policy.validate()?;
-        let shared = Arc::new(Shared {
-            name: name.to_string(),
-            policy,
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
-                items: 0,
-                closed: false,
-                costs: BatchCosts::default(),
-                running: None,
-            }),
-            wakeup: Condvar::new(),
-            metrics,
-        });
-        let worker_shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name(format!("inferd-batch-{name}"))
-            .spawn(move || worker_shared.work(model))
-            .map_err(|err| format!("cannot start the batch worker thread: {err}"))?;
-        Ok(Self { shared })
+        let pace = Pace { costs: BatchCosts::default(), max_batch_size: policy.max_batch_size, running: None };
+        let queue = Arc::new(WorkQueue::new(
+            name,
+            policy.queue_capacity,
+            policy.max_queue_time,
+            pace,
+            metrics.queue_depth.clone(),
+        ));
+        let worker = Worker { layout: model.token_layout(), model, policy: policy.clone(), metrics };
+        queue.spawn_worker(format!("inferd-batch-{name}"), move |queue| worker.work(queue))?;
+        Ok(Self { queue, policy })
     }
 
     /// The policy this batcher forms batches with.
     pub fn policy(&self) -> &BatchPolicy {
-        &self.shared.policy
+        &self.policy
     }
 
     /// Stops accepting requests ([`InferError::ShuttingDown`]); what is already queued still
     /// runs, without waiting for the batch window.
     pub fn close(&self) {
-        self.shared.lock().closed = true;
-        self.shared.wakeup.notify_all();
+        self.queue.close();
     }
 
     /// Whether a request submitted now would be admitted, by the same bounds as
     /// [`submit`](Self::submit): for refusing early, before costly preparation (tokenizing)
     /// that a refusal would waste. `submit` checks again.
     pub fn check_admission(&self) -> Result<(), InferError> {
-        let mut queue = self.shared.lock();
-        if queue.closed {
-            return Err(InferError::ShuttingDown);
-        }
-        self.shared.admits(&mut queue, Instant::now())
+        self.queue.check_admission(Instant::now())
     }
 
     /// Requests waiting in the queue now.
     pub fn queue_len(&self) -> usize {
-        self.shared.lock().jobs.len()
+        self.queue.len()
     }
 
     /// Queues `request` and waits for its answer. Rejects at once when the queue is full or the
@@ -255,15 +279,21 @@ impl<M: BatchModel> Batcher<M> {
         request: M::Request,
         deadline: Option<Instant>,
     ) -> Result<Completed<M::Response>, InferError> {
-        let receiver = self.shared.enqueue(request, Instant::now(), deadline)?;
+        let now = Instant::now();
+        if deadline.is_some_and(|deadline| deadline <= now) {
+            return Err(InferError::Timeout);
+        }
+        let (reply, receiver) = oneshot::channel();
+        let job = Job { size: request.size(), tokens: request.tokens(), request, enqueued: now, deadline, reply };
+        self.queue.push(job, now)?;
         let answer = match deadline {
             None => receiver.await,
             Some(deadline) => {
                 tokio::time::timeout_at(deadline.into(), receiver).await.map_err(|_| InferError::Timeout)?
             }
         };
-        // The worker answers every job it takes; it drops a reply unanswered only when closing
-        // after a fault.
+        // The worker answers every job it takes, and the queue fails every job it still holds
+        // when the worker ends; a reply dropped unanswered means the worker died mid-batch.
         answer.unwrap_or_else(|_| Err(InferError::Internal("the batch worker stopped".into())))
     }
 }
@@ -276,135 +306,72 @@ impl<M: BatchModel> Drop for Batcher<M> {
     }
 }
 
-impl<M: BatchModel> Shared<M> {
-    fn lock(&self) -> MutexGuard<'_, Queue<M>> {
-        // No code panics while holding the lock, but never let poisoning take the model down.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+/// The worker thread's side: the model and how it forms batches.
+struct Worker<M: BatchModel> {
+    model: M,
+    layout: TokenLayout,
+    policy: BatchPolicy,
+    metrics: BatchMetrics,
+}
 
-    fn enqueue(
-        &self,
-        request: M::Request,
-        now: Instant,
-        deadline: Option<Instant>,
-    ) -> Result<oneshot::Receiver<Answer<M::Response>>, InferError> {
-        if deadline.is_some_and(|deadline| deadline <= now) {
-            return Err(InferError::Timeout);
-        }
-        let (reply, receiver) = oneshot::channel();
-        let job = Job { size: request.size(), tokens: request.tokens(), request, enqueued: now, deadline, reply };
-        let mut queue = self.lock();
-        if queue.closed {
-            return Err(InferError::ShuttingDown);
-        }
-        self.admits(&mut queue, now)?;
-        queue.items += job.size;
-        queue.jobs.push_back(job);
-        self.metrics.queue_depth.set(queue.jobs.len() as i64);
-        drop(queue);
-        self.wakeup.notify_one();
-        Ok(receiver)
-    }
-
-    /// Whether the queue takes one more request now: not when it is full, nor when the work
-    /// ahead would keep the request past `max_queue_time`.
-    fn admits(&self, queue: &mut Queue<M>, now: Instant) -> Result<(), InferError> {
-        let limit = QueueTimeLimit { target: self.policy.max_queue_time };
-        let mut expected_wait = queue.expected_wait(&self.policy, now);
-        if queue.jobs.len() >= self.policy.queue_capacity || limit.check(expected_wait).is_err() {
-            // Requests whose callers have gone must not hold places, or count as work ahead,
-            // against a live caller.
-            self.drop_abandoned(queue, now);
-            expected_wait = queue.expected_wait(&self.policy, now);
-        }
-        admit(&self.name, queue.jobs.len() >= self.policy.queue_capacity, expected_wait, limit.target)
-    }
-
-    fn work(&self, mut model: M) {
-        // Model panics are caught per batch; this guard covers a fault anywhere else, so that a
-        // dead worker never leaves callers waiting on an open queue.
-        let _guard = WorkerGuard(self);
-        while let Some(batch) = self.next_batch() {
-            self.run(&mut model, batch);
+impl<M: BatchModel> Worker<M> {
+    fn work(mut self, queue: &Queue<M>) {
+        while let Some(batch) = self.next_batch(queue) {
+            self.run(queue, batch);
         }
     }
 
     /// Waits for the next batch to be complete; `None` once the queue is closed and empty.
-    fn next_batch(&self) -> Option<Vec<Job<M>>> {
-        let mut queue = self.lock();
+    fn next_batch(&self, queue: &Queue<M>) -> Option<Vec<Job<M>>> {
+        let mut lane = queue.lock();
         loop {
             let now = Instant::now();
-            self.drop_abandoned(&mut queue, now);
-            let Some(oldest) = queue.jobs.front() else {
-                if queue.closed {
+            if lane.prune(now) > 0 {
+                tracing::debug!(model = %queue.model(), "dropped expired or abandoned requests");
+            }
+            let Some(oldest) = lane.entries().front() else {
+                if lane.is_closed() {
                     return None;
                 }
-                queue = self.wakeup.wait(queue).unwrap_or_else(PoisonError::into_inner);
+                lane = queue.wait(lane);
                 continue;
             };
             let window_end = oldest.enqueued + self.policy.max_queue_delay;
-            let (count, full) = self.fit(&queue.jobs);
+            let (count, full) = self.fit(lane.entries());
             // Waiting for company must not let a member of the batch expire.
-            let deadline_first =
-                queue.jobs.iter().take(count).any(|job| job.deadline.is_some_and(|deadline| deadline <= window_end));
-            if full || queue.closed || now >= window_end || deadline_first {
-                let batch: Vec<Job<M>> = queue.jobs.drain(..count).collect();
+            let deadline_first = lane
+                .entries()
+                .iter()
+                .take(count)
+                .any(|job| job.deadline.is_some_and(|deadline| deadline <= window_end));
+            if full || lane.is_closed() || now >= window_end || deadline_first {
+                let batch = lane.take(count);
                 let items = batch.iter().map(|job| job.size).sum::<usize>();
-                queue.items -= items;
-                queue.running = Some((now, queue.costs.time_for(items, items)));
-                self.metrics.queue_depth.set(queue.jobs.len() as i64);
+                lane.backlog.running = Some((now, lane.backlog.costs.time_for(items, items)));
                 return Some(batch);
             }
-            queue = self.wakeup.wait_timeout(queue, window_end - now).unwrap_or_else(PoisonError::into_inner).0;
+            lane = queue.wait_timeout(lane, window_end - now);
         }
     }
 
     /// How many jobs from the front of the queue form a batch, and whether that batch is full
     /// (no further job could join it).
     fn fit(&self, jobs: &VecDeque<Job<M>>) -> (usize, bool) {
-        let mut items = 0;
-        let mut longest = 0;
+        let mut batch = BatchTokens::default();
         for (count, job) in jobs.iter().enumerate() {
-            let next_items = items + job.size;
-            let next_longest = longest.max(job.tokens);
-            let over_size = next_items > self.policy.max_batch_size;
-            let over_tokens =
-                self.policy.max_batch_tokens.is_some_and(|budget| next_longest.saturating_mul(next_items) > budget);
+            let next = batch.with(job.size, job.tokens);
+            let over_size = next.items > self.policy.max_batch_size;
+            let over_tokens = self.policy.max_batch_tokens.is_some_and(|budget| next.cost(self.layout) > budget);
             if count > 0 && (over_size || over_tokens) {
                 return (count, true);
             }
-            items = next_items;
-            longest = next_longest;
+            batch = next;
         }
-        let tokens_spent = self.policy.max_batch_tokens.is_some_and(|budget| longest.saturating_mul(items) >= budget);
-        (jobs.len(), items >= self.policy.max_batch_size || tokens_spent)
+        let tokens_spent = self.policy.max_batch_tokens.is_some_and(|budget| batch.cost(self.layout) >= budget);
+        (jobs.len(), batch.items >= self.policy.max_batch_size || tokens_spent)
     }
 
-    /// Removes jobs whose caller has gone or whose deadline has passed, so they are never run.
-    fn drop_abandoned(&self, queue: &mut Queue<M>, now: Instant) {
-        let before = queue.jobs.len();
-        let mut removed_items = 0;
-        let mut kept = VecDeque::with_capacity(queue.jobs.len());
-        for job in queue.jobs.drain(..) {
-            if job.reply.is_closed() {
-                removed_items += job.size;
-            } else if job.deadline.is_some_and(|deadline| deadline <= now) {
-                removed_items += job.size;
-                // The caller's own timer may not have fired yet: tell it why.
-                let _ = job.reply.send(Err(InferError::Timeout));
-            } else {
-                kept.push_back(job);
-            }
-        }
-        queue.jobs = kept;
-        if queue.jobs.len() != before {
-            queue.items -= removed_items;
-            self.metrics.queue_depth.set(queue.jobs.len() as i64);
-            tracing::debug!(model = %self.name, dropped = before - queue.jobs.len(), "dropped expired or abandoned requests");
-        }
-    }
-
-    fn run(&self, model: &mut M, batch: Vec<Job<M>>) {
+    fn run(&mut self, queue: &Queue<M>, batch: Vec<Job<M>>) {
         let started = Instant::now();
         let batch_requests = batch.len();
         let batch_size: usize = batch.iter().map(|job| job.size).sum();
@@ -417,23 +384,19 @@ impl<M: BatchModel> Shared<M> {
             replies.push((job.reply, job.enqueued));
         }
 
-        let result = catch_unwind(AssertUnwindSafe(|| model.run_batch(requests)));
+        let model = &mut self.model;
+        let result = guarded(queue.model(), || model.run_batch(requests));
         let compute_time = started.elapsed();
         self.metrics.observe_batch(batch_size, compute_time);
-        self.record_cost(batch_size, compute_time);
+        self.record_cost(queue, batch_size, compute_time);
 
         let outputs = match result {
-            Ok(Ok(outputs)) if outputs.len() == batch_requests => Ok(outputs),
-            Ok(Ok(outputs)) => Err(InferError::Internal(format!(
+            Ok(outputs) if outputs.len() == batch_requests => Ok(outputs),
+            Ok(outputs) => Err(InferError::Internal(format!(
                 "model returned {} answers for {batch_requests} requests",
                 outputs.len()
             ))),
-            Ok(Err(err)) => Err(err),
-            Err(panic) => {
-                let message = panic_message(panic.as_ref());
-                tracing::error!(model = %self.name, %message, "model panicked; failing its batch");
-                Err(InferError::Internal(format!("model panicked: {message}")))
-            }
+            Err(err) => Err(err),
         };
         let stats = |enqueued: Instant| BatchStats {
             batch_size,
@@ -457,41 +420,39 @@ impl<M: BatchModel> Shared<M> {
     }
 
     /// Learns the batch's cost, and publishes how many items the queue now admits.
-    fn record_cost(&self, items: usize, compute: Duration) {
-        let mut queue = self.lock();
-        queue.running = None;
-        queue.costs.observe(items, compute);
-        if let Some(limit) = queue.costs.items_within(self.policy.max_queue_time, self.policy.max_batch_size) {
+    fn record_cost(&self, queue: &Queue<M>, items: usize, compute: Duration) {
+        let mut lane = queue.lock();
+        lane.backlog.running = None;
+        lane.backlog.costs.observe(items, compute);
+        if let Some(limit) = lane.backlog.costs.items_within(self.policy.max_queue_time, self.policy.max_batch_size) {
             self.metrics.admission_limit.set(limit.min(i64::MAX as usize) as i64);
         }
     }
 }
 
-/// Closes the queue and fails what is queued if the worker unwinds outside a model call.
-struct WorkerGuard<'a, M: BatchModel>(&'a Shared<M>);
-
-impl<M: BatchModel> Drop for WorkerGuard<'_, M> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let mut queue = self.0.lock();
-        queue.closed = true;
-        queue.items = 0;
-        for job in queue.jobs.drain(..) {
-            let _ = job.reply.send(Err(InferError::Internal("the batch worker failed".into())));
-        }
-        tracing::error!(model = %self.0.name, "batch worker failed; the model no longer serves");
-    }
+/// A batch's size so far, for the size and token budgets.
+#[derive(Debug, Clone, Copy, Default)]
+struct BatchTokens {
+    items: usize,
+    longest: usize,
+    total: usize,
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_string()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "unknown panic payload".to_string()
+impl BatchTokens {
+    fn with(self, items: usize, tokens: TokenCount) -> Self {
+        Self {
+            items: self.items + items,
+            longest: self.longest.max(tokens.longest),
+            total: self.total.saturating_add(tokens.total),
+        }
+    }
+
+    /// The tokens the engine computes for the batch.
+    fn cost(&self, layout: TokenLayout) -> usize {
+        match layout {
+            TokenLayout::Padded => self.longest.saturating_mul(self.items),
+            TokenLayout::Ragged => self.total,
+        }
     }
 }
 
@@ -687,35 +648,51 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_token_budget_limits_padded_tokens() {
-        struct Tokens(usize);
-        impl BatchItem for Tokens {
-            fn tokens(&self) -> usize {
-                self.0
-            }
+    /// A request of one sequence of this many tokens.
+    struct Tokens(usize);
+
+    impl BatchItem for Tokens {
+        fn tokens(&self) -> TokenCount {
+            TokenCount { longest: self.0, total: self.0 }
         }
-        struct Count(mpsc::Sender<usize>);
-        impl BatchModel for Count {
-            type Request = Tokens;
-            type Response = ();
-            fn run_batch(&mut self, requests: Vec<Tokens>) -> Result<Vec<()>, InferError> {
-                let longest = requests.iter().map(|r| r.0).max().unwrap_or(0);
-                let _ = self.0.send(longest * requests.len());
-                Ok(vec![(); requests.len()])
-            }
+    }
+
+    /// A model that reports each batch's cost in tokens as its layout computes them.
+    struct Count(mpsc::Sender<usize>, TokenLayout);
+
+    impl BatchModel for Count {
+        type Request = Tokens;
+        type Response = ();
+        fn run_batch(&mut self, requests: Vec<Tokens>) -> Result<Vec<()>, InferError> {
+            let longest = requests.iter().map(|r| r.0).max().unwrap_or(0);
+            let total = requests.iter().map(|r| r.0).sum::<usize>();
+            let _ = self.0.send(match self.1 {
+                TokenLayout::Padded => longest * requests.len(),
+                TokenLayout::Ragged => total,
+            });
+            Ok(vec![(); requests.len()])
         }
+        fn token_layout(&self) -> TokenLayout {
+            self.1
+        }
+    }
+
+    /// Submits requests of these lengths together and returns the cost of each batch formed.
+    async fn batch_costs(layout: TokenLayout, lengths: &[usize]) -> Vec<usize> {
         let (tx, rx) = mpsc::channel();
         let policy = BatchPolicy {
             max_batch_size: 100,
             max_batch_tokens: Some(64),
-            max_queue_delay: Duration::from_millis(20),
+            // Long enough for every request to arrive while the first waits: a batch that
+            // spends the budget runs at once.
+            max_queue_delay: Duration::from_millis(200),
             ..BatchPolicy::default()
         };
-        let batcher = Arc::new(Batcher::spawn("tokens", Count(tx), policy, Metrics::new().batcher("t")).unwrap());
-        let tasks: Vec<_> = [10, 30, 20, 5, 16, 16, 16, 16]
-            .into_iter()
-            .map(|tokens| {
+        let batcher =
+            Arc::new(Batcher::spawn("tokens", Count(tx, layout), policy, Metrics::new().batcher("t")).unwrap());
+        let tasks: Vec<_> = lengths
+            .iter()
+            .map(|&tokens| {
                 let batcher = Arc::clone(&batcher);
                 tokio::spawn(async move { batcher.submit(Tokens(tokens), None).await })
             })
@@ -723,11 +700,28 @@ mod tests {
         for task in tasks {
             task.await.unwrap().unwrap();
         }
-        let costs: Vec<usize> = rx.try_iter().collect();
+        rx.try_iter().collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_token_budget_counts_padded_tokens_for_a_padded_engine() {
+        let costs = batch_costs(TokenLayout::Padded, &[10, 30, 20, 5, 16, 16, 16, 16]).await;
         assert!(costs.iter().all(|&c| c <= 64), "padded tokens per batch {costs:?}");
         // A single request over the budget still runs, alone.
-        batcher.submit(Tokens(100), None).await.unwrap();
-        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![100]);
+        assert_eq!(batch_costs(TokenLayout::Padded, &[100]).await, vec![100]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_token_budget_counts_real_tokens_for_a_ragged_engine() {
+        // 60 and 4 tokens: 64 computed tokens laid end to end, the whole budget; padded, 120.
+        assert_eq!(batch_costs(TokenLayout::Ragged, &[60, 4]).await, vec![64]);
+        let mut padded = batch_costs(TokenLayout::Padded, &[60, 4]).await;
+        padded.sort_unstable();
+        assert_eq!(padded, vec![4, 60]);
+        let lengths = [60, 1, 1, 1, 1, 30, 30, 2];
+        let costs = batch_costs(TokenLayout::Ragged, &lengths).await;
+        assert!(costs.iter().all(|&c| c <= 64), "real tokens per batch {costs:?}");
+        assert_eq!(costs.iter().sum::<usize>(), lengths.iter().sum::<usize>(), "every request ran once");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

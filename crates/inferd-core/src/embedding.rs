@@ -7,13 +7,14 @@
 //!
 //! [`EmbeddingService`] joins them behind a [`Batcher`]. The batcher gathers requests; the
 //! worker then sorts every sequence of the batch by length and cuts the sorted list into
-//! sub-batches within `max_batch_size` sequences and `max_batch_tokens` padded tokens, so texts
-//! of similar length run together and little is spent on padding.
+//! sub-batches within `max_batch_size` sequences and `max_batch_tokens` tokens (padded or real,
+//! by the model's [`TokenLayout`]), so texts of similar length run together and a padded engine
+//! spends little on padding.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batcher::{BatchItem, BatchModel, BatchPolicy, Batcher, Completed};
+use crate::batcher::{BatchItem, BatchModel, BatchPolicy, Batcher, Completed, TokenCount, TokenLayout};
 use crate::error::InferError;
 use crate::metrics::BatchMetrics;
 
@@ -49,6 +50,12 @@ pub trait EmbeddingModel: Send + 'static {
     /// One embedding per sequence, in order. The sequences are non-empty, at most the model's
     /// `max_seq_length` long, and sorted by length.
     fn embed(&mut self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, InferError>;
+
+    /// How the engine lays out a forward pass's sequences, which decides how the token budget
+    /// is counted; padded unless it says otherwise.
+    fn token_layout(&self) -> TokenLayout {
+        TokenLayout::Padded
+    }
 }
 
 /// One input of an embedding request.
@@ -83,8 +90,8 @@ impl BatchItem for TokenizedInputs {
         self.sequences.len()
     }
 
-    fn tokens(&self) -> usize {
-        self.sequences.iter().map(Vec::len).max().unwrap_or(0)
+    fn tokens(&self) -> TokenCount {
+        TokenCount { longest: self.sequences.iter().map(Vec::len).max().unwrap_or(0), total: self.total_tokens() }
     }
 }
 
@@ -100,17 +107,25 @@ impl EmbeddingRunner {
     /// Cuts `lengths` (sorted ascending) into consecutive chunks within the limits; returns the
     /// chunks' end positions.
     fn chunk_ends(&self, lengths: &[usize]) -> Vec<usize> {
+        let layout = self.model.token_layout();
         let mut ends = Vec::new();
         let mut start = 0;
+        let mut total = 0usize;
         for (position, &length) in lengths.iter().enumerate() {
             let count = position + 1 - start;
+            total = total.saturating_add(length);
             // Sorted ascending: this sequence is the chunk's longest, so padded tokens are
             // length × count.
+            let cost = match layout {
+                TokenLayout::Padded => length.saturating_mul(count),
+                TokenLayout::Ragged => total,
+            };
             let over_size = count > self.max_sequences;
-            let over_tokens = self.max_tokens.is_some_and(|budget| length.saturating_mul(count) > budget);
+            let over_tokens = self.max_tokens.is_some_and(|budget| cost > budget);
             if count > 1 && (over_size || over_tokens) {
                 ends.push(position);
                 start = position;
+                total = length;
             }
         }
         if start < lengths.len() {
@@ -123,6 +138,10 @@ impl EmbeddingRunner {
 impl BatchModel for EmbeddingRunner {
     type Request = TokenizedInputs;
     type Response = Vec<Vec<f32>>;
+
+    fn token_layout(&self) -> TokenLayout {
+        self.model.token_layout()
+    }
 
     fn run_batch(&mut self, requests: Vec<TokenizedInputs>) -> Result<Vec<Vec<Vec<f32>>>, InferError> {
         // (request, position in request, ids), shortest first.
@@ -256,6 +275,7 @@ mod tests {
     /// Embeds a sequence as [its length, its first id, the size of the chunk it ran in].
     struct Shape {
         chunks: Vec<Vec<usize>>,
+        layout: TokenLayout,
     }
 
     impl EmbeddingModel for Shape {
@@ -263,6 +283,14 @@ mod tests {
             self.chunks.push(sequences.iter().map(|ids| ids.len()).collect());
             Ok(sequences.iter().map(|ids| vec![ids.len() as f32, ids[0] as f32, sequences.len() as f32]).collect())
         }
+
+        fn token_layout(&self) -> TokenLayout {
+            self.layout
+        }
+    }
+
+    fn runner(layout: TokenLayout, max_sequences: usize, max_tokens: Option<usize>) -> EmbeddingRunner {
+        EmbeddingRunner { model: Box::new(Shape { chunks: vec![], layout }), max_sequences, max_tokens }
     }
 
     fn inputs(lengths: &[usize], first: u32) -> TokenizedInputs {
@@ -271,8 +299,7 @@ mod tests {
 
     #[test]
     fn sequences_are_grouped_by_length_and_returned_in_order() {
-        let mut runner =
-            EmbeddingRunner { model: Box::new(Shape { chunks: vec![] }), max_sequences: 2, max_tokens: None };
+        let mut runner = runner(TokenLayout::Padded, 2, None);
         let answers = runner.run_batch(vec![inputs(&[9, 1], 10), inputs(&[2, 8, 1], 20)]).unwrap();
         // Sorted lengths 1, 1, 2, 8, 9 run as [1, 1], [2, 8], [9].
         assert_eq!(answers[0], vec![vec![9.0, 10.0, 1.0], vec![1.0, 11.0, 2.0]]);
@@ -281,12 +308,14 @@ mod tests {
 
     #[test]
     fn chunks_respect_the_token_budget() {
-        let runner =
-            EmbeddingRunner { model: Box::new(Shape { chunks: vec![] }), max_sequences: 100, max_tokens: Some(20) };
-        // 4 × 5 = 20 fits; a sixth of 6 would make 36.
-        assert_eq!(runner.chunk_ends(&[2, 3, 4, 5, 6, 6, 30]), vec![4, 6, 7]);
+        let padded = runner(TokenLayout::Padded, 100, Some(20));
+        // Padded: 4 × 5 = 20 fits; a fifth of 6 would make 30.
+        assert_eq!(padded.chunk_ends(&[2, 3, 4, 5, 6, 6, 30]), vec![4, 6, 7]);
         // A sequence longer than the budget still runs, alone.
-        assert_eq!(runner.chunk_ends(&[30]), vec![1]);
-        assert!(runner.chunk_ends(&[]).is_empty());
+        assert_eq!(padded.chunk_ends(&[30]), vec![1]);
+        assert!(padded.chunk_ends(&[]).is_empty());
+        // Ragged: 2 + 3 + 4 + 5 + 6 = 20 real tokens fit; the next 6 starts a chunk.
+        let ragged = runner(TokenLayout::Ragged, 100, Some(20));
+        assert_eq!(ragged.chunk_ends(&[2, 3, 4, 5, 6, 6, 30]), vec![5, 6, 7]);
     }
 }

@@ -17,10 +17,11 @@ pub mod error;
 pub mod generation;
 pub mod math;
 pub mod metrics;
+mod queue;
 pub mod registry;
 pub mod tabular;
 
-pub use batcher::{BatchItem, BatchModel, BatchPolicy, BatchStats, Batcher, Completed};
+pub use batcher::{BatchItem, BatchModel, BatchPolicy, BatchStats, Batcher, Completed, TokenCount, TokenLayout};
 pub use cpu::{CpuLevel, cpu_level};
 pub use device::{Device, DeviceError, DeviceSpec, cuda_device_name, device_name};
 pub use embedding::{EmbeddingInfo, EmbeddingModel, EmbeddingService, TextEncoder, TextInput, TokenizedInputs};

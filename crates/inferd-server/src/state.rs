@@ -2,11 +2,12 @@
 //! concurrency limit, the drain flag; and what handlers attach to responses for the observer
 //! (model label, token usage).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use axum::response::{IntoResponse, Response};
+use inferd_core::admission::MovingAverage;
 use inferd_core::{InferError, Metrics, ModelRegistry, ServedModel};
 use tokio::sync::Semaphore;
 
@@ -34,9 +35,9 @@ pub struct AppState {
     pub(crate) telemetry: Option<Arc<Telemetry>>,
     /// One permit per inference request being answered, up to `max_concurrent_requests`.
     pub(crate) concurrency: Arc<Semaphore>,
-    /// Moving average of inference request durations, in seconds (as `f64` bits), from which
-    /// `Retry-After` is estimated when the server is at its concurrency limit.
-    request_seconds: Arc<AtomicU64>,
+    /// Moving average of inference request durations, in seconds, from which `Retry-After` is
+    /// estimated when the server is at its concurrency limit.
+    request_seconds: Arc<Mutex<MovingAverage>>,
     /// When the server started, as OpenAI's model listing reports it.
     pub(crate) started: SystemTime,
     draining: Arc<AtomicBool>,
@@ -53,7 +54,7 @@ impl AppState {
             settings: Arc::new(settings),
             auth: Arc::new(auth),
             telemetry: None,
-            request_seconds: Arc::new(AtomicU64::new(0)),
+            request_seconds: Arc::default(),
             started: SystemTime::now(),
             draining: Arc::new(AtomicBool::new(false)),
         })
@@ -87,18 +88,13 @@ impl AppState {
 
     /// Folds a finished inference request's duration into the moving average.
     pub(crate) fn record_request_time(&self, elapsed: Duration) {
-        let sample = elapsed.as_secs_f64();
-        let _ = self.request_seconds.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-            let previous = f64::from_bits(bits);
-            let average = if previous == 0.0 { sample } else { 0.9 * previous + 0.1 * sample };
-            Some(average.to_bits())
-        });
+        self.request_seconds.lock().unwrap_or_else(PoisonError::into_inner).observe(elapsed.as_secs_f64());
     }
 
     /// When a request refused at the concurrency limit may usefully retry: the requests in
     /// flight finish in about one average request duration, at least a second.
     pub(crate) fn busy_retry_after(&self) -> Duration {
-        let average = f64::from_bits(self.request_seconds.load(Ordering::Relaxed));
+        let average = self.request_seconds.lock().unwrap_or_else(PoisonError::into_inner).value().unwrap_or(0.0);
         let longest = self.settings.request_timeout.as_secs_f64().ceil().max(1.0);
         Duration::from_secs(average.ceil().max(1.0).min(longest) as u64)
     }

@@ -13,11 +13,11 @@
 //! A request reserves its whole budget when it joins, so a running sequence never has to be
 //! preempted for memory. A panic inside the model fails the sequences of that step (their
 //! caches may be half written) and the thread goes on.
+//!
+//! The queue in front of the running batch (its bound, admission by the expected wait for a
+//! place, pruning, closing, the thread's safety) is [`crate::queue`]'s, shared with the batcher.
 
-use std::collections::VecDeque;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -26,9 +26,10 @@ use super::{
     CausalLm, Event, FinishReason, GenerationInfo, GenerationRequest, Sampler, SchedulerPolicy, SequenceStep,
     TokenLogprobs,
 };
-use crate::admission::{admit, wait_for_place};
+use crate::admission::{MovingAverage, wait_for_place};
 use crate::error::InferError;
 use crate::metrics::BatchMetrics;
+use crate::queue::{Backlog, Waiting, WorkQueue, guarded};
 
 struct Job {
     request: GenerationRequest,
@@ -37,50 +38,51 @@ struct Job {
     events: UnboundedSender<Event>,
 }
 
-struct Queue {
-    jobs: VecDeque<Job>,
-    closed: bool,
-}
-
-struct Shared {
-    name: String,
-    policy: SchedulerPolicy,
-    queue: Mutex<Queue>,
-    wakeup: Condvar,
-    /// Moving average of a sequence's time in the batch, in milliseconds (0 before the first
-    /// finished), for expected waits.
-    sequence_millis: AtomicU64,
-    /// Sequences in the running batch.
-    running: AtomicUsize,
-    metrics: BatchMetrics,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+impl Waiting for Job {
+    fn items(&self) -> usize {
+        1
     }
 
+    fn deadline(&self) -> Option<Instant> {
+        self.request.deadline
+    }
+
+    fn abandoned(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    fn refuse(self, error: InferError) {
+        let _ = self.events.send(Event::Failed(error));
+    }
+}
+
+/// The running batch's occupancy and pace: how long a queued request waits for a place.
+struct Places {
+    max_running: usize,
+    /// Sequences in the running batch.
+    running: usize,
+    /// Seconds a sequence stays in the batch, on average.
+    sequence_seconds: MovingAverage,
+}
+
+impl Places {
     /// How long sequences stay in the running batch, on average; `None` before one finished.
     fn sequence_time(&self) -> Option<Duration> {
-        let millis = self.sequence_millis.load(Ordering::Relaxed);
-        (millis > 0).then(|| Duration::from_millis(millis))
-    }
-
-    /// The thread has ended: refuse new requests and fail the queued ones.
-    fn stop(&self) {
-        let mut queue = self.lock();
-        queue.closed = true;
-        for job in queue.jobs.drain(..) {
-            let _ = job.events.send(Event::Failed(InferError::Internal("the scheduler stopped".into())));
-        }
-        self.metrics.queue_depth.set(0);
-        self.metrics.running.set(0);
+        self.sequence_seconds.value().map(Duration::from_secs_f64)
     }
 }
+
+impl Backlog for Places {
+    fn expected_wait(&self, requests: usize, _items: usize, _now: Instant) -> Duration {
+        wait_for_place(requests, self.running, self.max_running, self.sequence_time())
+    }
+}
+
+type Queue = WorkQueue<Job, Places>;
 
 /// The queue in front of a model's scheduler thread.
 pub(super) struct Scheduler {
-    shared: Arc<Shared>,
+    queue: Arc<Queue>,
 }
 
 impl Scheduler {
@@ -92,29 +94,21 @@ impl Scheduler {
         policy: SchedulerPolicy,
         metrics: BatchMetrics,
     ) -> Result<Self, String> {
-        let shared = Arc::new(Shared {
-            name: name.to_string(),
-            policy,
-            queue: Mutex::new(Queue { jobs: VecDeque::new(), closed: false }),
-            wakeup: Condvar::new(),
-            sequence_millis: AtomicU64::new(0),
-            running: AtomicUsize::new(0),
-            metrics,
-        });
-        let worker = Worker { shared: Arc::clone(&shared), model, info, running: Vec::new(), reserved: 0 };
-        let worker_shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name(format!("inferd-generate-{name}"))
-            .spawn(move || {
-                // Model panics are caught per step; this catches a fault in the scheduler itself,
-                // so that nothing waits forever on a thread that is gone.
-                if catch_unwind(AssertUnwindSafe(|| worker.run())).is_err() {
-                    tracing::error!(model = %worker_shared.name, "the scheduler thread failed");
-                }
-                worker_shared.stop();
-            })
-            .map_err(|err| format!("cannot start the scheduler thread: {err}"))?;
-        Ok(Self { shared })
+        let places = Places {
+            max_running: policy.max_running_sequences,
+            running: 0,
+            sequence_seconds: MovingAverage::default(),
+        };
+        let queue = Arc::new(WorkQueue::new(
+            name,
+            policy.max_queued_requests,
+            policy.max_queue_time,
+            places,
+            metrics.queue_depth.clone(),
+        ));
+        let worker = Worker { policy, metrics, model, info, running: Vec::new(), reserved: 0 };
+        queue.spawn_worker(format!("inferd-generate-{name}"), move |queue| worker.run(queue))?;
+        Ok(Self { queue })
     }
 
     /// Queues a checked request, or refuses it when the queue is full or closed, or when it
@@ -125,44 +119,18 @@ impl Scheduler {
         max_tokens: usize,
         events: UnboundedSender<Event>,
     ) -> Result<(), InferError> {
-        let mut queue = self.shared.lock();
-        if queue.closed {
-            return Err(InferError::ShuttingDown);
-        }
-        self.admits(&queue)?;
-        queue.jobs.push_back(Job { request, max_tokens, enqueued: Instant::now(), events });
-        self.shared.metrics.queue_depth.set(queue.jobs.len() as i64);
-        drop(queue);
-        self.shared.wakeup.notify_one();
-        Ok(())
+        let now = Instant::now();
+        self.queue.push(Job { request, max_tokens, enqueued: now, events }, now)
     }
 
     /// Whether a request queued now would be admitted, by the same bounds as `enqueue`.
     pub(super) fn check_admission(&self) -> Result<(), InferError> {
-        let queue = self.shared.lock();
-        if queue.closed {
-            return Err(InferError::ShuttingDown);
-        }
-        self.admits(&queue)
-    }
-
-    /// Refuses a request when the queue is full, or when it would wait past `max_queue_time`
-    /// for a place in the running batch.
-    fn admits(&self, queue: &Queue) -> Result<(), InferError> {
-        let policy = &self.shared.policy;
-        let expected_wait = wait_for_place(
-            queue.jobs.len(),
-            self.shared.running.load(Ordering::Relaxed),
-            policy.max_running_sequences,
-            self.shared.sequence_time(),
-        );
-        admit(&self.shared.name, queue.jobs.len() >= policy.max_queued_requests, expected_wait, policy.max_queue_time)
+        self.queue.check_admission(Instant::now())
     }
 
     /// Refuses new requests; what is queued and running finishes.
     pub(super) fn close(&self) {
-        self.shared.lock().closed = true;
-        self.shared.wakeup.notify_all();
+        self.queue.close();
     }
 }
 
@@ -190,7 +158,8 @@ struct Sequence<C> {
 }
 
 struct Worker<M: CausalLm> {
-    shared: Arc<Shared>,
+    policy: SchedulerPolicy,
+    metrics: BatchMetrics,
     model: M,
     info: GenerationInfo,
     running: Vec<Sequence<M::Cache>>,
@@ -199,70 +168,63 @@ struct Worker<M: CausalLm> {
 }
 
 impl<M: CausalLm> Worker<M> {
-    fn run(mut self) {
-        loop {
-            if !self.admit() {
-                return;
-            }
-            self.step();
-            self.retire();
+    fn run(mut self, queue: &Queue) {
+        while self.admit(queue) {
+            self.step(queue.model());
+            self.retire(queue);
         }
+        self.metrics.running.set(0);
     }
 
     /// Moves queued requests into the batch while they fit; waits while there is nothing to
     /// do. Returns false when closed with nothing left.
-    fn admit(&mut self) -> bool {
-        let policy = self.shared.policy.clone();
-        let shared = Arc::clone(&self.shared);
-        let mut queue = shared.lock();
+    fn admit(&mut self, queue: &Queue) -> bool {
+        let mut lane = queue.lock();
         loop {
             // Callers that left, or whose deadline passed, while queued.
-            let now = Instant::now();
-            queue.jobs.retain(|job| {
-                if job.request.deadline.is_some_and(|deadline| now >= deadline) {
-                    let _ = job.events.send(Event::Failed(InferError::Timeout));
-                    return false;
-                }
-                !job.events.is_closed()
-            });
+            lane.prune(Instant::now());
             let mut prefill = 0;
-            while let Some(job) = queue.jobs.front() {
+            let mut admitted = 0;
+            for job in lane.entries() {
                 let prompt = job.request.prompt.len();
                 let need = prompt + job.max_tokens;
-                let fits = self.running.len() < policy.max_running_sequences
-                    && self.reserved + need <= policy.max_total_tokens
-                    && (prefill == 0 || prefill + prompt <= policy.max_prefill_tokens);
+                let fits = self.running.len() + admitted < self.policy.max_running_sequences
+                    && self.reserved + need <= self.policy.max_total_tokens
+                    && (prefill == 0 || prefill + prompt <= self.policy.max_prefill_tokens);
                 if !fits {
                     break;
                 }
-                let Some(job) = queue.jobs.pop_front() else { break };
                 prefill += prompt;
-                self.start(job, need);
+                self.reserved += need;
+                admitted += 1;
             }
-            shared.metrics.queue_depth.set(queue.jobs.len() as i64);
-            shared.metrics.batch_started(self.running.len());
-            shared.running.store(self.running.len(), Ordering::Relaxed);
+            for job in lane.take(admitted) {
+                self.start(job);
+            }
+            lane.backlog.running = self.running.len();
+            self.metrics.batch_started(self.running.len());
             if !self.running.is_empty() {
                 return true;
             }
-            if queue.closed && queue.jobs.is_empty() {
+            if lane.is_closed() && lane.entries().is_empty() {
                 return false;
             }
-            queue = shared.wakeup.wait(queue).unwrap_or_else(PoisonError::into_inner);
+            lane = queue.wait(lane);
         }
     }
 
-    fn start(&mut self, job: Job, need: usize) {
+    /// Starts `job`'s sequence; its key/value budget is already counted in `reserved`.
+    fn start(&mut self, job: Job) {
         let queue_time = job.enqueued.elapsed();
-        self.shared.metrics.queue_duration.observe(queue_time.as_secs_f64());
+        self.metrics.queue_duration.observe(queue_time.as_secs_f64());
         let sampler = Sampler::new(job.request.sampling, &job.request.prompt);
         let sequence = Sequence {
             cache: self.model.new_cache(),
+            reserved: job.request.prompt.len() + job.max_tokens,
             feed: job.request.prompt,
             sampler,
             generated: 0,
             max_tokens: job.max_tokens,
-            reserved: need,
             ignore_eos: job.request.ignore_eos,
             started: Instant::now(),
             events: job.events,
@@ -270,12 +232,11 @@ impl<M: CausalLm> Worker<M> {
         };
         // A caller gone already is dropped at the next retire.
         let _ = sequence.events.send(Event::Started { queue_time });
-        self.reserved += need;
         self.running.push(sequence);
     }
 
     /// One forward pass over every running sequence, and one token for each.
-    fn step(&mut self) {
+    fn step(&mut self, name: &str) {
         for sequence in &mut self.running {
             if sequence.events.is_closed() {
                 sequence.done = true;
@@ -294,17 +255,16 @@ impl<M: CausalLm> Worker<M> {
                 .map(|sequence| SequenceStep { cache: &mut sequence.cache, tokens: &sequence.feed })
                 .collect();
             let model = &mut self.model;
-            catch_unwind(AssertUnwindSafe(|| model.forward(&mut batch)))
-                .unwrap_or_else(|_| Err(InferError::Internal("the model panicked".into())))
+            guarded(name, || model.forward(&mut batch))
         };
-        self.shared.metrics.observe_step(active.len(), started.elapsed());
+        self.metrics.observe_step(active.len(), started.elapsed());
         let logits = match outcome {
             Ok(logits) if logits.len() == active.len() => logits,
             Ok(logits) => {
                 let message = format!("model returned {} results for {} sequences", logits.len(), active.len());
-                return self.fail(&active, InferError::Internal(message));
+                return self.fail(name, &active, InferError::Internal(message));
             }
-            Err(err) => return self.fail(&active, err),
+            Err(err) => return self.fail(name, &active, err),
         };
         let draws = {
             let samplers = self.running.iter_mut().filter(|sequence| !sequence.done).map(|s| &mut s.sampler);
@@ -330,8 +290,8 @@ impl<M: CausalLm> Worker<M> {
     }
 
     /// Fails every active sequence of a step that went wrong.
-    fn fail(&mut self, active: &[usize], err: InferError) {
-        tracing::error!(model = %self.shared.name, error = %err, "generation step failed");
+    fn fail(&mut self, name: &str, active: &[usize], err: InferError) {
+        tracing::error!(model = %name, error = %err, "generation step failed");
         for &index in active {
             let sequence = &mut self.running[index];
             let _ = sequence.events.send(Event::Failed(err.clone()));
@@ -339,30 +299,28 @@ impl<M: CausalLm> Worker<M> {
         }
     }
 
-    /// Frees the places of sequences that ended.
-    fn retire(&mut self) {
-        let shared = &self.shared;
+    /// Frees the places of sequences that ended, and learns how long they stayed.
+    fn retire(&mut self, queue: &Queue) {
+        if !self.running.iter().any(|sequence| sequence.done) {
+            return;
+        }
+        let mut lane = queue.lock();
         let mut freed = 0;
         self.running.retain(|sequence| {
             if sequence.done {
                 freed += sequence.reserved;
-                let millis = (sequence.started.elapsed().as_millis() as u64).max(1);
-                let average = shared.sequence_millis.load(Ordering::Relaxed);
-                let average = if average == 0 { millis } else { (average * 7 + millis) / 8 };
-                shared.sequence_millis.store(average, Ordering::Relaxed);
+                lane.backlog.sequence_seconds.observe(sequence.started.elapsed().as_secs_f64());
             }
             !sequence.done
         });
         self.reserved -= freed;
-        shared.metrics.batch_started(self.running.len());
-        shared.running.store(self.running.len(), Ordering::Relaxed);
-        if freed > 0
-            && let Some(time) = shared.sequence_time()
-        {
+        lane.backlog.running = self.running.len();
+        self.metrics.batch_started(self.running.len());
+        if let Some(time) = lane.backlog.sequence_time() {
             // Places free at max_running per sequence time; this many can wait within the target.
-            let places = shared.policy.max_queue_time.as_secs_f64() * shared.policy.max_running_sequences as f64
+            let places = self.policy.max_queue_time.as_secs_f64() * self.policy.max_running_sequences as f64
                 / time.as_secs_f64();
-            shared.metrics.admission_limit.set(places.floor() as i64);
+            self.metrics.admission_limit.set(places.floor().min(i64::MAX as f64) as i64);
         }
     }
 }
@@ -397,6 +355,8 @@ fn sample_all(mut draws: Vec<(&mut Sampler, Vec<f32>)>) -> Vec<(u32, Option<Toke
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
     use crate::error::Overload;
     use crate::generation::{GenerationService, SamplingParams, TextCodec};
@@ -598,11 +558,13 @@ mod tests {
         assert!(matches!(stream.next().await, Some(Event::Started { .. })));
         assert!(matches!(stream.next().await, Some(Event::Token { .. })));
         drop(stream);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let count = steps.lock().unwrap().len();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(steps.lock().unwrap().len(), count, "steps went on after the caller left");
-        assert!(count < 30, "{count}");
+        // A request that arrives after the caller left runs alone: the first step after it
+        // joined already found the dropped sequence gone.
+        let (ids, _) = collect(service.submit(request(vec![1], Some(2))).unwrap()).await;
+        assert_eq!(ids, vec![2, 3]);
+        let steps = steps.lock().unwrap().clone();
+        assert_eq!(steps[steps.len() - 2..], [1, 1], "steps went on with the dropped sequence: {steps:?}");
+        assert!(steps.len() < 30, "{steps:?}");
     }
 
     #[tokio::test]

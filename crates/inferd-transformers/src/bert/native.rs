@@ -7,7 +7,7 @@
 //! into the passes that produce or consume each product.
 
 use candle_core::utils::get_num_threads;
-use inferd_core::{EmbeddingModel, InferError};
+use inferd_core::{EmbeddingModel, InferError, TokenLayout};
 use rayon::prelude::*;
 
 use super::config::{Activation, BertConfig};
@@ -258,6 +258,11 @@ fn add_norm(row: &mut [f32], residual: &[f32], norm: &(Vec<f32>, Vec<f32>), eps:
 }
 
 impl EmbeddingModel for NativeBert {
+    /// Sequences are laid end to end: a batch costs its real tokens.
+    fn token_layout(&self) -> TokenLayout {
+        TokenLayout::Ragged
+    }
+
     fn embed(&mut self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, InferError> {
         if sequences.iter().any(|ids| ids.is_empty()) {
             return Err(InferError::InvalidInput("an empty sequence cannot be embedded".into()));
