@@ -10,7 +10,7 @@
 //! reference's tokens are fed back at every step, so the comparison continues past
 //! agreements on ties. The first step's logits must agree within [`LOGIT_TOLERANCE`].
 //!
-//! Both engines are held to this: the native one, and the candle one on the CPU device (the
+//! Both engines are held to this: the native one, and the tensor one on the CPU device (the
 //! engine that runs on CUDA, with candle's own quantized kernels).
 //!
 //! The model comes from `models/fetch-models.sh` (the test command runs it first).
@@ -30,10 +30,10 @@ use serde::Deserialize;
 const LOGIT_TOLERANCE: f32 = 0.75;
 /// Below this top-2 margin, the reference's own choice is a near-tie.
 const NEAR_TIE: f64 = 1.0;
-/// Largest difference allowed on the candle engine between a sequence's logits in a batch and
+/// Largest difference allowed on the tensor engine between a sequence's logits in a batch and
 /// alone (measured: none); the native engine must agree exactly.
 const CANDLE_BATCH_TOLERANCE: f32 = 1e-4;
-/// Largest difference allowed on the candle engine between a prompt's logits prefilled and fed
+/// Largest difference allowed on the tensor engine between a prompt's logits prefilled and fed
 /// token by token. Attention over several query rows rounds differently from one row (1e-7),
 /// and candle's quantized products round each activation row to 8 bits: a flipped rounding
 /// there moves a layer's output by about 1e-2, and the layers after it carry that on. On this
@@ -103,7 +103,7 @@ fn prompts_tokens_and_greedy_steps_match_llama_cpp() {
 #[test]
 fn the_candle_engine_matches_llama_cpp_too() {
     let mut loaded = load(Some(Engine::Tensor));
-    assert!(loaded.engine.starts_with("candle (q4_1") && loaded.engine.ends_with(", cpu)"), "{}", loaded.engine);
+    assert!(loaded.engine.starts_with("tensor (q4_1") && loaded.engine.ends_with(", cpu)"), "{}", loaded.engine);
     matches_llama_cpp(&mut loaded);
 }
 

@@ -1,5 +1,5 @@
 //! Golden test: the safetensors path (Llama and Qwen2 layouts) against Hugging Face
-//! transformers, on both engines (the native one, and the candle one on the CPU device).
+//! transformers, on both engines (the native one, and the tensor one on the CPU device).
 //!
 //! `tests/fixtures/llm/tiny-{llama,qwen2}` are tiny random models written by
 //! `models/reference/make_tiny_llm.py` with transformers' logits for every position of three
@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use inferd_core::{CausalLm, InferError, SequenceStep};
-use inferd_transformers::generation::{load_candle_llama_safetensors, load_llama_safetensors};
+use inferd_transformers::generation::{load_llama_safetensors, load_tensor_llama_safetensors};
 use inferd_transformers::{ModelFiles, ModelSource};
 use serde::Deserialize;
 
@@ -137,7 +137,7 @@ fn tiny_qwen2_with_biases_and_a_tied_head_matches_transformers() {
 #[test]
 fn tiny_llama_on_the_candle_engine_matches_transformers() {
     let (golden, files) = fixture("tiny-llama");
-    let mut llama = load_candle_llama_safetensors(&files, &inferd_core::Device::Cpu).expect("loads");
+    let mut llama = load_tensor_llama_safetensors(&files, &inferd_core::Device::Cpu).expect("loads");
     check("tiny-llama (candle)", &golden, &mut llama);
     check_batch("tiny-llama (candle)", &golden, &mut llama);
 }
@@ -145,7 +145,7 @@ fn tiny_llama_on_the_candle_engine_matches_transformers() {
 #[test]
 fn tiny_qwen2_on_the_candle_engine_matches_transformers() {
     let (golden, files) = fixture("tiny-qwen2");
-    let mut llama = load_candle_llama_safetensors(&files, &inferd_core::Device::Cpu).expect("loads");
+    let mut llama = load_tensor_llama_safetensors(&files, &inferd_core::Device::Cpu).expect("loads");
     check("tiny-qwen2 (candle)", &golden, &mut llama);
     check_batch("tiny-qwen2 (candle)", &golden, &mut llama);
 }
@@ -153,7 +153,7 @@ fn tiny_qwen2_on_the_candle_engine_matches_transformers() {
 #[test]
 fn the_candle_engine_refuses_what_does_not_fit() {
     let (_, files) = fixture("tiny-llama");
-    let mut llama = load_candle_llama_safetensors(&files, &inferd_core::Device::Cpu).expect("loads");
+    let mut llama = load_tensor_llama_safetensors(&files, &inferd_core::Device::Cpu).expect("loads");
     let context = llama.config().context_length;
     let vocab = llama.config().vocab_size as u32;
     let mut cache = llama.new_cache();

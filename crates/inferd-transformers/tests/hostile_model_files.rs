@@ -17,7 +17,7 @@ use candle_core::{Device, Tensor};
 use inferd_core::Engine;
 use inferd_transformers::ModelSource;
 use inferd_transformers::generation::{
-    GenerationOptions, load_candle_llama_safetensors, load_generation, load_llama_safetensors,
+    GenerationOptions, load_generation, load_llama_safetensors, load_tensor_llama_safetensors,
 };
 
 const HIDDEN: usize = 64;
@@ -288,7 +288,7 @@ fn copy_fixture(to: &Path) -> PathBuf {
 /// Loads the checkpoint folder with both engines; returns whether each loaded.
 fn load_checkpoint_both(folder: &Path) -> [bool; 2] {
     let Ok(files) = ModelSource::Folder(folder.to_path_buf()).open() else { return [false, false] };
-    [load_llama_safetensors(&files, 1).is_ok(), load_candle_llama_safetensors(&files, &Device::Cpu).is_ok()]
+    [load_llama_safetensors(&files, 1).is_ok(), load_tensor_llama_safetensors(&files, &Device::Cpu).is_ok()]
 }
 
 #[test]

@@ -1,18 +1,18 @@
-//! The engine a loaded generative model computes with: the native CPU engine or the candle
+//! The engine a loaded generative model computes with: the native CPU engine or the tensor
 //! engine, behind one [`CausalLm`].
 
 use inferd_core::{CausalLm, InferError, SequenceStep};
 
-use super::candle_llama::{CandleCache, CandleLlama};
 use super::kv_cache::LlamaCache;
 use super::llama::NativeLlama;
+use super::tensor_llama::{TensorCache, TensorLlama};
 
 /// A llama-family decoder on either engine.
 pub enum LlamaEngine {
     /// The native CPU engine.
     Native(NativeLlama),
     /// candle tensors on the model's device (CUDA, or the CPU).
-    Candle(CandleLlama),
+    Tensor(TensorLlama),
 }
 
 /// A sequence's cache for the engine that made it.
@@ -20,8 +20,8 @@ pub enum LlamaEngine {
 pub enum LlamaEngineCache {
     /// The native engine's.
     Native(LlamaCache),
-    /// The candle engine's.
-    Candle(CandleCache),
+    /// The tensor engine's.
+    Tensor(TensorCache),
 }
 
 impl LlamaEngineCache {
@@ -29,7 +29,7 @@ impl LlamaEngineCache {
     pub fn len(&self) -> usize {
         match self {
             Self::Native(cache) => cache.len(),
-            Self::Candle(cache) => cache.len(),
+            Self::Tensor(cache) => cache.len(),
         }
     }
 
@@ -49,7 +49,7 @@ impl CausalLm for LlamaEngine {
     fn new_cache(&self) -> LlamaEngineCache {
         match self {
             Self::Native(model) => LlamaEngineCache::Native(model.new_cache()),
-            Self::Candle(model) => LlamaEngineCache::Candle(model.new_cache()),
+            Self::Tensor(model) => LlamaEngineCache::Tensor(model.new_cache()),
         }
     }
 
@@ -60,16 +60,16 @@ impl CausalLm for LlamaEngine {
                     .iter_mut()
                     .map(|step| match &mut *step.cache {
                         LlamaEngineCache::Native(cache) => Ok(SequenceStep { cache, tokens: step.tokens }),
-                        LlamaEngineCache::Candle(_) => Err(foreign_cache()),
+                        LlamaEngineCache::Tensor(_) => Err(foreign_cache()),
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 model.forward(&mut steps)
             }
-            Self::Candle(model) => {
+            Self::Tensor(model) => {
                 let mut steps = batch
                     .iter_mut()
                     .map(|step| match &mut *step.cache {
-                        LlamaEngineCache::Candle(cache) => Ok(SequenceStep { cache, tokens: step.tokens }),
+                        LlamaEngineCache::Tensor(cache) => Ok(SequenceStep { cache, tokens: step.tokens }),
                         LlamaEngineCache::Native(_) => Err(foreign_cache()),
                     })
                     .collect::<Result<Vec<_>, _>>()?;

@@ -4,7 +4,7 @@
 //! - [`weights`]: GGUF tensors (Q4_1 and Q8_0 kept quantized, other formats dequantized) and
 //!   safetensors checkpoints, under one naming;
 //! - [`llama`]: the native CPU engine, one forward pass over a ragged batch of sequences;
-//! - [`candle_llama`]: the same forward pass in candle tensors, for CUDA (and the CPU, where
+//! - [`tensor_llama`]: the same forward pass in candle tensors, for CUDA (and the CPU, where
 //!   tests check it against the same references as the native engine);
 //! - [`engine`]: either engine behind one `CausalLm`;
 //! - [`gguf_header`]: a GGUF header, checked against its file before anything is allocated;
@@ -12,11 +12,10 @@
 //!   files (tokenizer and template from the file's metadata).
 //!
 //! [`load_generation`] puts them together into what inferd-core's `GenerationService` serves:
-//! on the CPU the native engine by default, on CUDA the candle engine (the only one there);
+//! on the CPU the native engine by default, on CUDA the tensor engine (the only one there);
 //! [`GenerationOptions::engine`] picks the other on the CPU.
 
 mod attention;
-pub mod candle_llama;
 pub mod chat_template;
 pub mod codec;
 pub mod config;
@@ -26,6 +25,7 @@ pub mod gguf_tokenizer;
 pub mod kv_cache;
 pub mod llama;
 mod step;
+pub mod tensor_llama;
 pub mod weights;
 
 use std::collections::BTreeSet;
@@ -39,13 +39,13 @@ use inferd_core::{Device, Engine, GenerationInfo};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
-pub use candle_llama::{CandleCache, CandleLlama};
 pub use chat_template::ChatTemplate;
 pub use codec::LlmCodec;
 pub use config::{LlamaConfig, RopeStyle};
 pub use engine::{LlamaEngine, LlamaEngineCache};
 pub use kv_cache::{KvPrecision, LlamaCache};
 pub use llama::NativeLlama;
+pub use tensor_llama::{TensorCache, TensorLlama};
 pub use weights::LlamaWeights;
 
 use crate::error::LoadError;
@@ -55,7 +55,7 @@ use crate::source::{ModelSource, read_json, read_text};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerationOptions {
-    /// Threads the native engine computes on; every physical core by default. (The candle
+    /// Threads the native engine computes on; every physical core by default. (The tensor
     /// engine on the CPU uses candle's own thread pool.)
     pub threads: Option<usize>,
     /// Caps the context (prompt and completion) below what the model was trained for, to bound
@@ -76,7 +76,7 @@ pub struct LoadedGeneration {
     pub codec: Arc<LlmCodec>,
     /// The engine.
     pub model: LlamaEngine,
-    /// How it computes, for metadata (`native (q4_1, avx512)`, `candle (q4_1, cuda)`).
+    /// How it computes, for metadata (`native (q4_1, avx512)`, `tensor (q4_1, cuda)`).
     pub engine: String,
 }
 
@@ -133,13 +133,13 @@ pub enum Target {
         /// Threads of the forward pass.
         threads: usize,
     },
-    /// The candle engine on this device.
-    Candle(Device),
+    /// The tensor engine on this device.
+    Tensor(Device),
 }
 
 impl Target {
     /// The engine `options` ask for on `device` (by default the native engine on the CPU and
-    /// the candle engine elsewhere); the native engine on a GPU is refused.
+    /// the tensor engine elsewhere); the native engine on a GPU is refused.
     pub fn new(device: &Device, options: &GenerationOptions) -> Result<Self, LoadError> {
         let on_cpu = device.is_cpu();
         match Engine::or_default(options.engine, device) {
@@ -147,16 +147,16 @@ impl Target {
                 "the native generation engine runs on the CPU only; use engine = \"tensor\" on a GPU".into(),
             )),
             Engine::Native => Ok(Self::Native { threads: options.threads.unwrap_or_else(get_num_threads).max(1) }),
-            Engine::Tensor => Ok(Self::Candle(device.clone())),
+            Engine::Tensor => Ok(Self::Tensor(device.clone())),
         }
     }
 
-    /// `native (q4_1, avx512)` (with the CPU kernels' level), `candle (q4_1, cuda)`.
+    /// `native (q4_1, avx512)` (with the CPU kernels' level), `tensor (q4_1, cuda)`.
     fn describe(&self, formats: &str) -> String {
         match self {
             Self::Native { .. } => format!("native ({formats}, {})", inferd_core::cpu_level()),
-            Self::Candle(device) => {
-                format!("candle ({formats}, {})", if device.is_cpu() { "cpu" } else { "cuda" })
+            Self::Tensor(device) => {
+                format!("tensor ({formats}, {})", if device.is_cpu() { "cpu" } else { "cuda" })
             }
         }
     }
@@ -216,9 +216,9 @@ pub fn load_gguf(
                 NativeLlama::new(config.clone(), weights, *threads, KvPrecision::F16).map_err(LoadError::Device)?,
             )
         }
-        Target::Candle(device) => {
+        Target::Tensor(device) => {
             let file = file.try_clone().map_err(io)?;
-            LlamaEngine::Candle(CandleLlama::from_gguf(path, file, &content, config.clone(), formats.clone(), device)?)
+            LlamaEngine::Tensor(TensorLlama::from_gguf(path, file, &content, config.clone(), formats.clone(), device)?)
         }
     };
     finish(&config, model, codec, stops.into_iter().collect(), target.describe(&formats))
@@ -258,14 +258,14 @@ pub fn load_llama_safetensors(files: &crate::source::ModelFiles, threads: usize)
     NativeLlama::new(config, weights, threads, KvPrecision::F32).map_err(LoadError::Device)
 }
 
-/// The candle engine on `device` for a Hugging Face checkpoint folder (as
+/// The tensor engine on `device` for a Hugging Face checkpoint folder (as
 /// [`load_llama_safetensors`] reads it): `f32` on the CPU, `f16` on CUDA.
-pub fn load_candle_llama_safetensors(
+pub fn load_tensor_llama_safetensors(
     files: &crate::source::ModelFiles,
     device: &Device,
-) -> Result<CandleLlama, LoadError> {
+) -> Result<TensorLlama, LoadError> {
     let (config, tied, tensors) = read_checkpoint(files, None)?;
-    CandleLlama::from_safetensors(&tensors, config, tied, device)
+    TensorLlama::from_safetensors(&tensors, config, tied, device)
 }
 
 fn read_safetensors(
@@ -316,10 +316,10 @@ fn load_safetensors(
                 NativeLlama::new(config.clone(), weights, *threads, KvPrecision::F32).map_err(LoadError::Device)?;
             (LlamaEngine::Native(model), "f32".to_string())
         }
-        Target::Candle(device) => {
-            let model = CandleLlama::from_safetensors(&tensors, config.clone(), tied, device)?;
+        Target::Tensor(device) => {
+            let model = TensorLlama::from_safetensors(&tensors, config.clone(), tied, device)?;
             let format = model.format().to_string();
-            (LlamaEngine::Candle(model), format)
+            (LlamaEngine::Tensor(model), format)
         }
     };
     drop(tensors);
