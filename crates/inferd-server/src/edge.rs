@@ -67,14 +67,45 @@ pub(crate) async fn in_protocol_shape(path: &str, request_id: &str, mut response
 }
 
 /// `shaped`, with the headers (but its own body's type and length) and extensions of `original`.
+/// Every value of a repeated header (`WWW-Authenticate`, `Vary`) is kept.
 fn with_parts_of(original: Response, shaped: Response) -> Response {
     let (original, _) = original.into_parts();
     let (mut parts, body) = shaped.into_parts();
-    for (name, value) in &original.headers {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            parts.headers.insert(name.clone(), value.clone());
+    let mut headers = original.headers;
+    headers.remove(header::CONTENT_TYPE);
+    headers.remove(header::CONTENT_LENGTH);
+    for name in parts.headers.keys() {
+        if !headers.contains_key(name) {
+            for value in parts.headers.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
         }
     }
+    parts.headers = headers;
     parts.extensions.extend(original.extensions);
     Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reshaped_refusal_keeps_every_value_of_a_repeated_header() {
+        let mut refused = Response::new(axum::body::Body::from("no"));
+        *refused.status_mut() = StatusCode::UNAUTHORIZED;
+        let headers = refused.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        headers.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
+        let shaped = in_protocol_shape("/v2/models/m/infer", "r1", refused).await;
+        let challenges: Vec<_> = shaped.headers().get_all(header::WWW_AUTHENTICATE).iter().collect();
+        assert_eq!(challenges, ["Bearer", "ApiKey"]);
+        let kinds: Vec<_> = shaped.headers().get_all(header::CONTENT_TYPE).iter().collect();
+        assert_eq!(kinds, ["application/json"]);
+        let body = axum::body::to_bytes(shaped.into_body(), 1024).await.unwrap();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), serde_json::json!({"error": "no"}));
+    }
 }

@@ -17,6 +17,7 @@
 mod app;
 pub mod auth;
 mod edge;
+mod embedding;
 mod error;
 mod guard;
 mod observe;

@@ -8,9 +8,6 @@
 //! for it). inferd adds `truncate` (default `true`): with `false`, an input longer than the
 //! model reads is a 400 instead of being cut.
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -19,15 +16,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
-use inferd_core::{EmbeddingService, InferError, ServedModel, TextInput};
+use inferd_core::{EmbeddingService, TextInput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::Caller;
+use crate::embedding::{Embedded, embed};
 use crate::error::OpenAiError;
 use crate::error::rejected_body_message;
-use crate::quota::TokenReservation;
-use crate::state::{AppState, TokenUsage, labelled};
+use crate::state::{AppState, labelled};
 use crate::timing::{Stage, Timing};
 
 #[derive(Deserialize)]
@@ -160,60 +157,6 @@ async fn run(
     timing.mark(Stage::Serialize);
     Embedded::settle(reservation, tokens, &mut response);
     Ok(response)
-}
-
-/// Embeddings with the tokens they took, still reserved against the caller's quota.
-pub(crate) struct Embedded {
-    pub(crate) vectors: Vec<Vec<f32>>,
-    pub(crate) tokens: usize,
-    pub(crate) reservation: Option<TokenReservation>,
-}
-
-impl Embedded {
-    /// Charges the tokens to the caller's quota and records them on the response.
-    pub(crate) fn settle(reservation: Option<TokenReservation>, tokens: usize, response: &mut Response) {
-        if let Some(reservation) = reservation {
-            reservation.settle(tokens as u64);
-        }
-        response.extensions_mut().insert(TokenUsage { prompt: tokens as u64, completion: 0 });
-    }
-}
-
-/// Checks that the model's queue would admit the request, encodes the inputs off the async
-/// threads, checks them against `max_input_tokens`, reserves their tokens from the caller's
-/// quota, then embeds them through the model's batcher, marking the stages on `timing`.
-pub(crate) async fn embed(
-    state: &AppState,
-    served: &Arc<ServedModel>,
-    inputs: Vec<TextInput>,
-    truncate: bool,
-    deadline: Option<Instant>,
-    caller: &Caller,
-    timing: &Timing,
-) -> Result<Embedded, InferError> {
-    served.check_admission()?;
-    let model = Arc::clone(served);
-    let sequences = tokio::task::spawn_blocking(move || match model.embedding() {
-        Some(service) => service.encode(&inputs, truncate),
-        None => Err(InferError::Internal(format!("model '{}' is not an embedding model", model.name))),
-    })
-    .await
-    .map_err(|err| InferError::Internal(format!("tokenization failed: {err}")))??;
-    let tokens: usize = sequences.iter().map(Vec::len).sum();
-    timing.mark(Stage::Tokenize);
-    let limit = state.settings.max_input_tokens;
-    if tokens > limit {
-        return Err(InferError::InvalidInput(format!(
-            "the request has {tokens} input tokens; at most {limit} are allowed in one request"
-        )));
-    }
-    let reservation = caller.reserve_tokens(tokens as u64)?;
-    let service = served
-        .embedding()
-        .ok_or_else(|| InferError::Internal(format!("model '{}' is not an embedding model", served.name)))?;
-    let done = service.embed(sequences, deadline).await?;
-    timing.batch(&done.stats);
-    Ok(Embedded { vectors: done.output, tokens, reservation })
 }
 
 /// Reads OpenAI's four forms of `input`.

@@ -14,8 +14,6 @@ use axum::routing::{get, post};
 
 use crate::state::AppState;
 
-pub(crate) use embeddings::{Embedded, embed};
-
 /// The OpenAI-compatible routes.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()

@@ -10,8 +10,8 @@ use inferd_core::{ServedModel, TextInput};
 
 use super::codec::{InferRequest, OutputData, OutputTensor, TensorData};
 use crate::auth::Caller;
+use crate::embedding::{Embedded, embed};
 use crate::error::V2Error;
-use crate::openai::Embedded;
 use crate::state::AppState;
 use crate::timing::Timing;
 
@@ -59,7 +59,7 @@ pub(super) async fn infer(
         }
         texts.push(TextInput::Text(text));
     }
-    let mut embedded = crate::openai::embed(state, model, texts, true, deadline, caller, timing).await?;
+    let mut embedded = embed(state, model, texts, true, deadline, caller, timing).await?;
     let vectors = std::mem::take(&mut embedded.vectors);
     let rows = vectors.len();
     let dimensions = vectors.first().map_or(0, Vec::len);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,8 +23,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
+use crate::embedding::Embedded;
 use crate::error::{V2Error, rejected_body_message};
-use crate::openai::Embedded;
 use crate::payload;
 use crate::state::{AppState, labelled};
 use crate::timing::{Stage, Timing};
@@ -227,11 +227,10 @@ async fn infer(
     Path(path): Path<ModelPath>,
     Extension(caller): Extension<Caller>,
     Extension(timing): Extension<Timing>,
-    headers: HeaderMap,
     request: Request,
 ) -> Response {
     let result = match path.check_version() {
-        Ok(()) => run_infer(&state, &caller, &timing, &path.name, &headers, request).await,
+        Ok(()) => run_infer(&state, &caller, &timing, &path.name, request).await,
         Err(err) => Err(err),
     };
     labelled(&state, &path.name, result)
@@ -242,10 +241,10 @@ async fn run_infer(
     caller: &Caller,
     timing: &Timing,
     name: &str,
-    headers: &HeaderMap,
     request: Request,
 ) -> Result<Response, V2Error> {
     let received = Instant::now();
+    let header_length = request.headers().get(HEADER_LENGTH).cloned();
     // A request for an unknown model, or one the model's queue would refuse, is refused before
     // its body is buffered or its tensors decoded: under overload most requests are refused, and
     // what each refusal costs is taken from the requests being served.
@@ -261,7 +260,7 @@ async fn run_infer(
         let message = rejected_body_message(&rejection, state.settings.max_body_bytes);
         V2Error::new(rejection.status(), message).closing_connection()
     })?;
-    let header_length = match headers.get(HEADER_LENGTH) {
+    let header_length = match header_length {
         None => None,
         Some(value) => Some(
             value
