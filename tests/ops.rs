@@ -705,6 +705,38 @@ async fn malformed_requests_are_refused_in_the_protocol_shape() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
+#[tokio::test]
+async fn what_hyper_refuses_itself_comes_in_the_protocol_shape_too() {
+    let server = Server::start_ready(&bundled_model("iris-logistic", ""), "").await;
+    let many_headers: String = (0..900).map(|index| format!("x-filler-{index}: 1\r\n")).collect();
+    for (prefix, openai) in [("/v2/models/", false), ("/v1/models/", true)] {
+        // A 100,000-character model name (past hyper's own 65,534-byte limit), 900 headers (past
+        // the 800 hyper parses), a malformed header line.
+        let long = format!("GET {prefix}{} HTTP/1.1\r\nHost: x\r\n\r\n", "m".repeat(100_000));
+        let headers = format!("GET {prefix}iris-logistic HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n");
+        let malformed = format!("GET {prefix}iris-logistic HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n");
+        for (head, status) in [(long, 414), (headers, 431), (malformed, 400)] {
+            let (answer, closed) = raw_exchange(&server, head.as_bytes(), Duration::from_secs(10)).await;
+            assert!(closed.is_some(), "the connection stays open after a parse error");
+            assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+            assert!(head.to_ascii_lowercase().contains("\r\ncontent-type: application/json"), "{head}");
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_string))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(length, body.len(), "{answer}");
+            let body: Value = serde_json::from_str(body).unwrap();
+            let message = if openai { &body["error"]["message"] } else { &body["error"] };
+            assert!(message.as_str().is_some_and(|m| !m.is_empty()), "{prefix}: {body}");
+        }
+    }
+    // The server serves on.
+    assert_eq!(server.get("/v2/health/ready").await.status(), StatusCode::OK);
+}
+
 /// A tabular model that panics on every batch, with a message that must not reach clients.
 struct Panicking;
 

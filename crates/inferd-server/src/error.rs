@@ -75,6 +75,17 @@ pub(crate) fn protocol_status(path: &str, status: StatusCode, message: String) -
     }
 }
 
+/// The JSON body of a refusal with `status` and `message` in the shape of the protocol `path`
+/// belongs to, for answers written below the router ([`crate::parse_refusals`]).
+pub(crate) fn protocol_body(path: &str, status: StatusCode, message: String) -> Vec<u8> {
+    let body = if is_openai(path) {
+        OpenAi::body(&OpenAiError::new(status, message))
+    } else {
+        V2::body(&V2Error::new(status, message))
+    };
+    body.to_string().into_bytes()
+}
+
 /// The headers every error response shares: `Connection: close` when the body was not read
 /// to its end, `Retry-After` in whole seconds when the wait is known, `WWW-Authenticate` on
 /// 401, and the refusal's reason for the metrics.

@@ -13,11 +13,13 @@ use tokio::sync::Semaphore;
 
 use crate::app::router;
 use crate::edge::MAX_HEADERS;
+use crate::parse_refusals::ShapedRefusals;
 use crate::state::AppState;
 
-/// Header lines hyper parses in one request before refusing it itself (431, empty body). It is
-/// well above [`MAX_HEADERS`], so that a request with too many headers normally reaches the
-/// router and is refused in its protocol's error shape.
+/// Header lines hyper parses in one request before refusing it itself (431). It is well above
+/// [`MAX_HEADERS`], so that a request with too many headers normally reaches the router and is
+/// refused there; past it, hyper's own refusal is given the protocol's error shape by
+/// [`ShapedRefusals`].
 const PARSED_HEADERS: usize = 8 * MAX_HEADERS;
 
 /// Serves `state` on `listener` until `shutdown` completes. Then:
@@ -77,7 +79,8 @@ where
             () = &mut draining => break,
             accepted = listener.accept() => accepted,
         };
-        let connection = connections.watch(http.serve_connection(TokioIo::new(io), service.clone()));
+        let connection =
+            connections.watch(http.serve_connection(TokioIo::new(ShapedRefusals::new(io)), service.clone()));
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(?peer, %err, "connection closed on an error");

@@ -101,7 +101,7 @@ fn prompts_tokens_and_greedy_steps_match_llama_cpp() {
 }
 
 #[test]
-fn the_candle_engine_matches_llama_cpp_too() {
+fn the_tensor_engine_matches_llama_cpp_too() {
     let mut loaded = load(Some(Engine::Tensor));
     assert!(loaded.engine.starts_with("tensor (q4_1") && loaded.engine.ends_with(", cpu)"), "{}", loaded.engine);
     matches_llama_cpp(&mut loaded);
@@ -161,7 +161,7 @@ fn a_sequence_gives_the_same_logits_alone_and_in_a_batch() {
 }
 
 #[test]
-fn on_the_candle_engine_a_sequence_gives_the_same_logits_alone_and_in_a_batch() {
+fn on_the_tensor_engine_a_sequence_gives_the_same_logits_alone_and_in_a_batch() {
     let (batched, prefilled) = same_alone_and_in_a_batch(&mut load(Some(Engine::Tensor)));
     assert!(batched <= CANDLE_BATCH_TOLERANCE, "logits in a batch and alone differ by {batched}");
     assert!(prefilled <= CANDLE_PREFILL_TOLERANCE, "logits prefilled and token by token differ by {prefilled}");

@@ -135,7 +135,7 @@ fn tiny_qwen2_with_biases_and_a_tied_head_matches_transformers() {
 }
 
 #[test]
-fn tiny_llama_on_the_candle_engine_matches_transformers() {
+fn tiny_llama_on_the_tensor_engine_matches_transformers() {
     let (golden, files) = fixture("tiny-llama");
     let mut llama = load_tensor_llama_safetensors(&files, &inferd_core::Device::Cpu).expect("loads");
     check("tiny-llama (candle)", &golden, &mut llama);
@@ -143,7 +143,7 @@ fn tiny_llama_on_the_candle_engine_matches_transformers() {
 }
 
 #[test]
-fn tiny_qwen2_on_the_candle_engine_matches_transformers() {
+fn tiny_qwen2_on_the_tensor_engine_matches_transformers() {
     let (golden, files) = fixture("tiny-qwen2");
     let mut llama = load_tensor_llama_safetensors(&files, &inferd_core::Device::Cpu).expect("loads");
     check("tiny-qwen2 (candle)", &golden, &mut llama);
@@ -151,7 +151,7 @@ fn tiny_qwen2_on_the_candle_engine_matches_transformers() {
 }
 
 #[test]
-fn the_candle_engine_refuses_what_does_not_fit() {
+fn the_tensor_engine_refuses_what_does_not_fit() {
     let (_, files) = fixture("tiny-llama");
     let mut llama = load_tensor_llama_safetensors(&files, &inferd_core::Device::Cpu).expect("loads");
     let context = llama.config().context_length;
