@@ -9,25 +9,19 @@ use axum::response::Response;
 
 use crate::error::{InternalFault, protocol_status};
 
-/// Most header lines a request may carry; more are answered 431.
-pub(crate) const MAX_HEADERS: usize = 100;
 /// Longest request target (path and query) accepted, in bytes; longer ones are answered 414.
 pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
 /// Most of a plain-text refusal's body read to become the message of its JSON form.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024;
 
-/// The refusal of a request whose head is larger than the server accepts, if it is.
+/// The refusal of a request whose target is longer than the server accepts, if it is. (More
+/// than 100 header lines hyper refuses itself: see [`crate::serve`].)
 pub(crate) fn refuse_oversized(request: &Request) -> Option<Response> {
     let path = request.uri().path();
     let target = request.uri().path_and_query().map_or(0, |target| target.as_str().len());
     if target > MAX_URI_BYTES {
         let message = format!("the request target is {target} bytes, past the limit of {MAX_URI_BYTES}");
         return Some(protocol_status(path, StatusCode::URI_TOO_LONG, message));
-    }
-    let headers = request.headers().len();
-    if headers > MAX_HEADERS {
-        let message = format!("the request has {headers} header lines, past the limit of {MAX_HEADERS}");
-        return Some(protocol_status(path, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, message));
     }
     None
 }

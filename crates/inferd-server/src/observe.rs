@@ -18,7 +18,7 @@ use crate::error::reject_reason_of_status;
 use crate::guard::is_inference;
 use crate::state::{AppState, ModelLabel, TokenUsage};
 use crate::telemetry::RequestTrace;
-use crate::timing::{Timing, server_timing};
+use crate::timing::{Timing, millis, server_timing};
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -101,8 +101,7 @@ pub(crate) async fn observe(State(state): State<AppState>, mut request: Request,
     }
 
     let caller_id = caller.as_ref().map_or("-", Caller::id);
-    let stage_ms =
-        |name: &str| stages.iter().find(|span| span.stage.name() == name).map(|span| span.duration.as_secs_f64() * 1e3);
+    let stage_ms = |name: &str| stages.iter().find(|span| span.stage.name() == name).map(|span| millis(span.duration));
     let (prompt, completion) = usage.map_or((0, 0), |usage| (usage.prompt, usage.completion));
     macro_rules! request_line {
         ($level:ident) => {
@@ -116,7 +115,7 @@ pub(crate) async fn observe(State(state): State<AppState>, mut request: Request,
                 status = status.as_u16(),
                 prompt_tokens = prompt,
                 completion_tokens = completion,
-                duration_ms = elapsed.as_secs_f64() * 1e3,
+                duration_ms = millis(elapsed),
                 parse_ms = stage_ms("parse"),
                 tokenize_ms = stage_ms("tokenize"),
                 queue_ms = stage_ms("queue"),

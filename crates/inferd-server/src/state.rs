@@ -26,9 +26,16 @@ pub enum StateError {
     Auth(#[from] AuthError),
 }
 
-/// What every handler shares.
+/// What every handler shares. Cloned for every middleware and handler of every request, so it
+/// is one `Arc`.
 #[derive(Clone)]
 pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+/// The state itself, reached through [`AppState`]'s `Deref`.
+#[derive(Clone)]
+pub struct Shared {
     pub(crate) registry: Arc<ModelRegistry>,
     pub(crate) settings: Arc<ServerSettings>,
     pub(crate) auth: Arc<Authenticator>,
@@ -43,12 +50,20 @@ pub struct AppState {
     draining: Arc<AtomicBool>,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
 impl AppState {
     /// State over `registry`'s models; reads the key and JWKS files the settings name.
     pub fn new(registry: Arc<ModelRegistry>, settings: ServerSettings) -> Result<Self, StateError> {
         settings.validate().map_err(StateError::Settings)?;
         let auth = Authenticator::new(settings.auth.clone())?;
-        Ok(Self {
+        let shared = Shared {
             registry,
             concurrency: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             settings: Arc::new(settings),
@@ -57,12 +72,13 @@ impl AppState {
             request_seconds: Arc::default(),
             started: SystemTime::now(),
             draining: Arc::new(AtomicBool::new(false)),
-        })
+        };
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     /// Exports a trace of every request through `telemetry`.
     pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
-        self.telemetry = Some(telemetry);
+        Arc::make_mut(&mut self.shared).telemetry = Some(telemetry);
         self
     }
 

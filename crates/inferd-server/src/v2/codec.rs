@@ -485,17 +485,6 @@ impl OutputData {
         }
     }
 
-    fn json(&self) -> Value {
-        match self {
-            Self::F32(v) => Value::from(v.clone()),
-            Self::F64(v) => Value::from(v.clone()),
-            Self::I64(v) => Value::from(v.clone()),
-            Self::Bytes(v) => {
-                Value::from(v.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect::<Vec<_>>())
-            }
-        }
-    }
-
     fn append_binary(&self, out: &mut Vec<u8>) {
         match self {
             Self::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
@@ -529,7 +518,7 @@ struct ResponseJson<'a> {
     model_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
-    outputs: Vec<Value>,
+    outputs: Vec<OutputJsonOut<'a>>,
 }
 
 /// An encoded response body and, when any output is binary, the JSON header's length for the
@@ -544,31 +533,64 @@ pub struct EncodedResponse {
 /// Encodes a response; binary outputs follow the JSON in output order.
 pub fn encode_response(model: &str, id: Option<&str>, outputs: &[OutputTensor]) -> EncodedResponse {
     let mut binary = Vec::new();
-    let json_outputs = outputs
+    let json_outputs: Vec<OutputJsonOut<'_>> = outputs
         .iter()
         .map(|output| {
-            let mut entry = Map::new();
-            entry.insert("name".into(), Value::from(output.name.clone()));
-            entry.insert("datatype".into(), Value::from(output.data.datatype().name()));
-            entry.insert("shape".into(), Value::from(output.shape.clone()));
-            if output.binary {
+            let (parameters, data) = if output.binary {
                 let start = binary.len();
                 output.data.append_binary(&mut binary);
-                let mut parameters = Map::new();
-                parameters.insert("binary_data_size".into(), Value::from(binary.len() - start));
-                entry.insert("parameters".into(), Value::Object(parameters));
+                (Some(BinaryParameters { binary_data_size: binary.len() - start }), None)
             } else {
-                entry.insert("data".into(), output.data.json());
+                (None, Some(JsonData(&output.data)))
+            };
+            OutputJsonOut {
+                name: &output.name,
+                datatype: output.data.datatype().name(),
+                shape: &output.shape,
+                parameters,
+                data,
             }
-            Value::Object(entry)
         })
         .collect();
     let response = ResponseJson { model_name: model, model_version: "1", id, outputs: json_outputs };
-    // Serialising a struct of strings and JSON values cannot fail.
+    // Serialising strings, integers and floats (non-finite ones as null) cannot fail.
     let mut body = serde_json::to_vec(&response).unwrap_or_default();
     let header_length = (!binary.is_empty() || outputs.iter().any(|o| o.binary)).then_some(body.len());
     body.extend_from_slice(&binary);
     EncodedResponse { body, header_length }
+}
+
+/// One output of a response as its JSON is written, straight from the tensor: `FP32` values as
+/// the shortest `f32` text, not widened to `f64` digits.
+#[derive(Serialize)]
+struct OutputJsonOut<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParameters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinaryParameters {
+    binary_data_size: usize,
+}
+
+/// An output's elements as a JSON array: numbers (non-finite floats as `null`, as JSON has
+/// none), or `BYTES` as strings.
+struct JsonData<'a>(&'a OutputData);
+
+impl Serialize for JsonData<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            OutputData::F32(values) => serializer.collect_seq(values.iter().map(|&v| v.is_finite().then_some(v))),
+            OutputData::F64(values) => serializer.collect_seq(values.iter().map(|&v| v.is_finite().then_some(v))),
+            OutputData::I64(values) => serializer.collect_seq(values),
+            OutputData::Bytes(values) => serializer.collect_seq(values.iter().map(|b| String::from_utf8_lossy(b))),
+        }
+    }
 }
 
 #[cfg(test)]
