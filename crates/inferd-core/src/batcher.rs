@@ -1,8 +1,11 @@
 //! The dynamic batcher, in front of every tabular and embedding model (generation has its own
 //! scheduler, `generation::scheduler`).
 //!
-//! Each model has one [`Batcher`]: a bounded queue in front of a worker on its own OS thread
-//! (model code never runs on the async runtime). The worker takes the oldest request, then waits
+//! Each model has one [`Batcher`]: a bounded queue in front of a worker on its own OS thread,
+//! so that model code does not hold the async runtime's threads. The one exception is a request
+//! that finds its model idle and costs less than the hand-off would (under 50 µs a batch, as the
+//! model has shown, with no batch window set): it runs at once on the caller's thread. The
+//! worker takes the oldest request, then waits
 //! at most [`BatchPolicy::max_queue_delay`] (counted from that request's arrival) for more, until
 //! the batch is full by [`BatchPolicy::max_batch_size`] items or
 //! [`BatchPolicy::max_batch_tokens`] tokens (padded or real, as the engine computes them: see
@@ -22,7 +25,7 @@
 //!   what is queued; the worker thread then ends.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -226,7 +229,7 @@ type Queue<M> = WorkQueue<Job<M>, Pace>;
 /// A model's queue and its worker thread. Cheap to share behind an `Arc`.
 pub struct Batcher<M: BatchModel> {
     queue: Arc<Queue<M>>,
-    policy: BatchPolicy,
+    runner: Arc<Runner<M>>,
 }
 
 impl<M: BatchModel> Batcher<M> {
@@ -242,14 +245,15 @@ impl<M: BatchModel> Batcher<M> {
             pace,
             metrics.queue_depth.clone(),
         ));
-        let worker = Worker { layout: model.token_layout(), model, policy: policy.clone(), metrics };
+        let runner = Arc::new(Runner { layout: model.token_layout(), model: Mutex::new(model), policy, metrics });
+        let worker = Arc::clone(&runner);
         queue.spawn_worker(format!("inferd-batch-{name}"), move |queue| worker.work(queue))?;
-        Ok(Self { queue, policy })
+        Ok(Self { queue, runner })
     }
 
     /// The policy this batcher forms batches with.
     pub fn policy(&self) -> &BatchPolicy {
-        &self.policy
+        &self.runner.policy
     }
 
     /// Stops accepting requests ([`InferError::ShuttingDown`]); what is already queued still
@@ -283,8 +287,14 @@ impl<M: BatchModel> Batcher<M> {
         if deadline.is_some_and(|deadline| deadline <= now) {
             return Err(InferError::Timeout);
         }
-        let (reply, receiver) = oneshot::channel();
+        let (reply, mut receiver) = oneshot::channel();
         let job = Job { size: request.size(), tokens: request.tokens(), request, enqueued: now, deadline, reply };
+        let Some(job) = self.run_inline(job, now) else {
+            // Answered already, on this thread.
+            return receiver
+                .try_recv()
+                .unwrap_or_else(|_| Err(InferError::Internal("the model answered nothing".into())));
+        };
         self.queue.push(job, now)?;
         let answer = match deadline {
             None => receiver.await,
@@ -298,6 +308,36 @@ impl<M: BatchModel> Batcher<M> {
     }
 }
 
+impl<M: BatchModel> Batcher<M> {
+    /// Runs `job` on the calling thread, as a batch of its own, when that costs less than
+    /// handing it to the worker would: nothing is queued or running, the policy sets no batch
+    /// window, and the model has shown that a batch of this size takes under [`INLINE_BELOW`]
+    /// (a one-row linear or tree model takes a few microseconds; waking the worker thread and
+    /// being woken by it, tens). Returns the job when it must queue instead.
+    fn run_inline(&self, job: Job<M>, now: Instant) -> Option<Job<M>> {
+        if !self.runner.policy.max_queue_delay.is_zero() {
+            return Some(job);
+        }
+        let mut lane = self.queue.lock();
+        let cheap = lane
+            .backlog
+            .costs
+            .seconds_per_item(job.size)
+            .is_some_and(|seconds| seconds * job.size as f64 <= INLINE_BELOW.as_secs_f64());
+        if !cheap || lane.is_closed() || !lane.entries().is_empty() || lane.backlog.running.is_some() {
+            return Some(job);
+        }
+        // Never wait for the model here: if the worker holds it, the job queues.
+        let Ok(model) = self.runner.model.try_lock() else {
+            return Some(job);
+        };
+        lane.backlog.running = Some((now, lane.backlog.costs.time_for(job.size, job.size)));
+        drop(lane);
+        self.runner.run(&self.queue, model, vec![job]);
+        None
+    }
+}
+
 impl<M: BatchModel> Drop for Batcher<M> {
     /// Closes the queue without waiting: the worker runs what is queued, then exits on its own.
     /// (Joining here could block an async runtime thread behind a slow model.)
@@ -306,18 +346,26 @@ impl<M: BatchModel> Drop for Batcher<M> {
     }
 }
 
-/// The worker thread's side: the model and how it forms batches.
-struct Worker<M: BatchModel> {
-    model: M,
+/// The longest a batch may be expected to take for a caller to run it on its own thread
+/// ([`Batcher::run_inline`]).
+const INLINE_BELOW: Duration = Duration::from_micros(50);
+
+/// The model and how its batches are formed and run: the worker thread's, shared with callers
+/// that run a cheap request inline.
+struct Runner<M: BatchModel> {
+    model: Mutex<M>,
     layout: TokenLayout,
     policy: BatchPolicy,
     metrics: BatchMetrics,
 }
 
-impl<M: BatchModel> Worker<M> {
-    fn work(mut self, queue: &Queue<M>) {
+impl<M: BatchModel> Runner<M> {
+    fn work(&self, queue: &Queue<M>) {
         while let Some(batch) = self.next_batch(queue) {
-            self.run(queue, batch);
+            // A model call that panicked is caught inside `run`; the lock is never poisoned in a
+            // way that matters, and the model goes on serving as it does after a failed batch.
+            let model = self.model.lock().unwrap_or_else(PoisonError::into_inner);
+            self.run(queue, model, batch);
         }
     }
 
@@ -371,7 +419,9 @@ impl<M: BatchModel> Worker<M> {
         (jobs.len(), batch.items >= self.policy.max_batch_size || tokens_spent)
     }
 
-    fn run(&mut self, queue: &Queue<M>, batch: Vec<Job<M>>) {
+    /// Runs `batch` on the `model` it was given, released before the answers are sent (so that
+    /// a caller woken by its answer finds the model free), and answers each request.
+    fn run(&self, queue: &Queue<M>, mut model: MutexGuard<'_, M>, batch: Vec<Job<M>>) {
         let started = Instant::now();
         let batch_requests = batch.len();
         let batch_size: usize = batch.iter().map(|job| job.size).sum();
@@ -384,8 +434,8 @@ impl<M: BatchModel> Worker<M> {
             replies.push((job.reply, job.enqueued));
         }
 
-        let model = &mut self.model;
         let result = guarded(queue.model(), || model.run_batch(requests));
+        drop(model);
         let compute_time = started.elapsed();
         self.metrics.observe_batch(batch_size, compute_time);
         self.record_cost(queue, batch_size, compute_time);
@@ -845,6 +895,44 @@ mod tests {
         held.await.unwrap().unwrap();
         for task in queued {
             task.await.unwrap().unwrap();
+        }
+    }
+
+    /// A model that takes this long per batch and answers with the name of the thread it ran on.
+    struct WhereAmI(Duration);
+
+    impl BatchModel for WhereAmI {
+        type Request = Echo;
+        type Response = String;
+
+        fn run_batch(&mut self, requests: Vec<Echo>) -> Result<Vec<String>, InferError> {
+            std::thread::sleep(self.0);
+            let name = std::thread::current().name().unwrap_or_default().to_string();
+            Ok(requests.iter().map(|_| name.clone()).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cheap_request_on_an_idle_model_runs_on_the_callers_thread() {
+        let spawn = |name: &str, cost: Duration, policy: BatchPolicy| {
+            Batcher::spawn(name, WhereAmI(cost), policy, Metrics::new().batcher(name)).unwrap()
+        };
+        let caller = std::thread::current().name().map(str::to_string);
+        let cheap = spawn("cheap", Duration::ZERO, BatchPolicy::default());
+        // The first batch, before the model's cost is known, runs on the worker; then inline.
+        assert_eq!(cheap.submit(echo(1), None).await.unwrap().output, "inferd-batch-cheap");
+        for value in 2..5 {
+            let done = cheap.submit(echo(value), None).await.unwrap();
+            assert_eq!(Some(done.output), caller);
+            assert_eq!(done.stats.batch_size, 1);
+        }
+        // A model slower than the hand-off, or a policy that asks for a batch window: never.
+        let slow = spawn("slow", Duration::from_millis(2), BatchPolicy::default());
+        let window = BatchPolicy { max_queue_delay: Duration::from_millis(1), ..BatchPolicy::default() };
+        let windowed = spawn("windowed", Duration::ZERO, window);
+        for _ in 0..3 {
+            assert_eq!(slow.submit(echo(1), None).await.unwrap().output, "inferd-batch-slow");
+            assert_eq!(windowed.submit(echo(1), None).await.unwrap().output, "inferd-batch-windowed");
         }
     }
 
