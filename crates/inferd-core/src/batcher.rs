@@ -2,10 +2,10 @@
 //! scheduler, `generation::scheduler`).
 //!
 //! Each model has one [`Batcher`]: a bounded queue in front of a worker on its own OS thread,
-//! so that model code does not hold the async runtime's threads. The one exception is a request
-//! that finds its model idle and costs less than the hand-off would (under 50 µs a batch, as the
-//! model has shown, with no batch window set): it runs at once on the caller's thread. The
-//! worker takes the oldest request, then waits
+//! so that model code does not hold the async runtime's threads. The one exception is a batch
+//! that costs less than the hand-off would (under 50 µs, as the model has shown, with no batch
+//! window set): a caller that finds the model idle runs the next batch, its own request with
+//! what queued ahead of it, at once on its own thread. The worker takes the oldest request, then waits
 //! at most [`BatchPolicy::max_queue_delay`] (counted from that request's arrival) for more, until
 //! the batch is full by [`BatchPolicy::max_batch_size`] items or
 //! [`BatchPolicy::max_batch_tokens`] tokens (padded or real, as the engine computes them: see
@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 use crate::admission::BatchCosts;
 use crate::error::InferError;
 use crate::metrics::BatchMetrics;
-use crate::queue::{Backlog, Waiting, WorkQueue, guarded};
+use crate::queue::{Backlog, Lane, Waiting, WorkQueue, guarded};
 
 /// What the batcher needs to know about one request to place it in a batch.
 pub trait BatchItem {
@@ -287,15 +287,11 @@ impl<M: BatchModel> Batcher<M> {
         if deadline.is_some_and(|deadline| deadline <= now) {
             return Err(InferError::Timeout);
         }
-        let (reply, mut receiver) = oneshot::channel();
+        let (reply, receiver) = oneshot::channel();
         let job = Job { size: request.size(), tokens: request.tokens(), request, enqueued: now, deadline, reply };
-        let Some(job) = self.run_inline(job, now) else {
-            // Answered already, on this thread.
-            return receiver
-                .try_recv()
-                .unwrap_or_else(|_| Err(InferError::Internal("the model answered nothing".into())));
-        };
-        self.queue.push(job, now)?;
+        // A cheap batch, this request's or one ahead of it, may run right here; the answer is
+        // then ready when awaited.
+        self.take_or_announce(self.queue.push_unannounced(job, now)?);
         let answer = match deadline {
             None => receiver.await,
             Some(deadline) => {
@@ -309,32 +305,42 @@ impl<M: BatchModel> Batcher<M> {
 }
 
 impl<M: BatchModel> Batcher<M> {
-    /// Runs `job` on the calling thread, as a batch of its own, when that costs less than
-    /// handing it to the worker would: nothing is queued or running, the policy sets no batch
-    /// window, and the model has shown that a batch of this size takes under [`INLINE_BELOW`]
-    /// (a one-row linear or tree model takes a few microseconds; waking the worker thread and
-    /// being woken by it, tens). Returns the job when it must queue instead.
-    fn run_inline(&self, job: Job<M>, now: Instant) -> Option<Job<M>> {
-        if !self.runner.policy.max_queue_delay.is_zero() {
-            return Some(job);
-        }
-        let mut lane = self.queue.lock();
+    /// Runs the next batch on the calling thread when that costs less than handing it to the
+    /// worker would: no batch is running, the policy sets no batch window, and the model has
+    /// shown that a batch of this size takes under [`INLINE_BELOW`] (a one-row linear or tree
+    /// model takes a few microseconds; waking the worker thread and being woken by it, tens).
+    /// Otherwise, or when work remains queued after it, the worker is woken.
+    fn take_or_announce(&self, mut lane: MutexGuard<'_, Lane<Job<M>, Pace>>) {
+        let now = Instant::now();
+        // Expired and abandoned requests are never run, by whichever thread runs the batch.
+        lane.prune(now);
+        let (count, _) = self.runner.fit(lane.entries());
+        let items: usize = lane.entries().iter().take(count).map(|job| job.size).sum();
         let cheap = lane
             .backlog
             .costs
-            .seconds_per_item(job.size)
-            .is_some_and(|seconds| seconds * job.size as f64 <= INLINE_BELOW.as_secs_f64());
-        if !cheap || lane.is_closed() || !lane.entries().is_empty() || lane.backlog.running.is_some() {
-            return Some(job);
-        }
-        // Never wait for the model here: if the worker holds it, the job queues.
-        let Ok(model) = self.runner.model.try_lock() else {
-            return Some(job);
+            .seconds_per_item(items)
+            .is_some_and(|seconds| seconds * items as f64 <= INLINE_BELOW.as_secs_f64());
+        let idle = lane.backlog.running.is_none() && count > 0;
+        // Never wait for the model here: if the worker holds it, the work is the worker's.
+        let model = if cheap && idle && self.runner.policy.max_queue_delay.is_zero() {
+            self.runner.model.try_lock().ok()
+        } else {
+            None
         };
-        lane.backlog.running = Some((now, lane.backlog.costs.time_for(job.size, job.size)));
+        let Some(model) = model else {
+            drop(lane);
+            self.queue.notify();
+            return;
+        };
+        let batch = lane.take(count);
+        lane.backlog.running = Some((now, lane.backlog.costs.time_for(items, items)));
+        let more = !lane.entries().is_empty();
         drop(lane);
-        self.runner.run(&self.queue, model, vec![job]);
-        None
+        if more {
+            self.queue.notify();
+        }
+        self.runner.run(&self.queue, model, batch);
     }
 }
 
@@ -347,7 +353,7 @@ impl<M: BatchModel> Drop for Batcher<M> {
 }
 
 /// The longest a batch may be expected to take for a caller to run it on its own thread
-/// ([`Batcher::run_inline`]).
+/// ([`Batcher::take_or_announce`]).
 const INLINE_BELOW: Duration = Duration::from_micros(50);
 
 /// The model and how its batches are formed and run: the worker thread's, shared with callers

@@ -176,14 +176,26 @@ impl<J: Waiting + Send + 'static, B: Backlog + Send + 'static> WorkQueue<J, B> {
 
     /// Queues `entry`, or refuses it: closed, full, or expected to wait past the target.
     pub(crate) fn push(&self, entry: J, now: Instant) -> Result<(), InferError> {
+        drop(self.push_unannounced(entry, now)?);
+        self.notify();
+        Ok(())
+    }
+
+    /// As [`push`](Self::push), but the worker is not woken and the queue stays locked: for a
+    /// caller that may take the work itself. It must [`notify`](Self::notify) once it has
+    /// released the lock, unless the queue is then empty.
+    pub(crate) fn push_unannounced(&self, entry: J, now: Instant) -> Result<MutexGuard<'_, Lane<J, B>>, InferError> {
         let mut lane = self.lock();
         self.admits(&mut lane, now)?;
         lane.items += entry.items();
         lane.entries.push_back(entry);
         lane.depth.set(lane.entries.len() as i64);
-        drop(lane);
+        Ok(lane)
+    }
+
+    /// Wakes the worker to take what is queued.
+    pub(crate) fn notify(&self) {
         self.wakeup.notify_one();
-        Ok(())
     }
 
     /// Whether a request queued now would be admitted, by the same bounds as
