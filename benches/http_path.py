@@ -101,7 +101,7 @@ def lua_string(data):
 
 
 def wrk(url, body, headers, connections, seconds, threads):
-    """Runs wrk with a POST of `body`; returns (requests/s, p50 ms, p99 ms, errors)."""
+    """Runs wrk with a POST of `body`; returns (answered requests/s, p50 ms, p99 ms, refusals)."""
     lines = ['wrk.method = "POST"', f"wrk.body = {lua_string(body)}"]
     for name, value in headers.items():
         lines.append(f'wrk.headers["{name}"] = "{value}"')
@@ -116,7 +116,10 @@ def wrk(url, body, headers, connections, seconds, threads):
         ).stdout
     finally:
         os.unlink(script.name)
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    # Answered requests per second: refusals (429 when a slow model's queue is past its
+    # max_queue_time) are counted apart, not as throughput.
+    total, elapsed, unit = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", out).groups()
+    elapsed = float(elapsed) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
 
     def percentile(p):
         match = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -124,7 +127,8 @@ def wrk(url, body, headers, connections, seconds, threads):
         return value * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return rate, percentile(50), percentile(99), int(errors.group(1)) if errors else 0
+    errors = int(errors.group(1)) if errors else 0
+    return (int(total) - errors) / elapsed, percentile(50), percentile(99), errors
 
 
 def start(command, ready_url, log):
@@ -169,7 +173,7 @@ def main():
 
     print(f"# {cpu_name()}, {os.cpu_count()} logical CPUs; wrk -t{args.threads} -d{args.seconds}s, on the same machine")
     print()
-    print("| case | connections | server | requests/s | p50 ms | p99 ms | inferd / bare |")
+    print("| case | connections | server | answered requests/s | p50 ms | p99 ms | inferd / bare |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     log = open(os.devnull, "w")
     for _ in range(args.rounds):
@@ -196,10 +200,10 @@ def main():
                         )
                     finally:
                         stop(server)
-                    note = f" ({errors} non-2xx)" if errors else ""
+                    note = f" (+{errors / args.seconds:,.0f}/s refused)" if errors else ""
                     print(
                         f"| {label} | {connections} | inferd, {variant} | {rate:,.0f}{note} | {p50:.2f} | {p99:.2f}"
-                        f" | {rate / bare_rate:.2f}× |"
+                        f" | {rate / bare_rate:.2g}× |"
                     )
                     sys.stdout.flush()
 
