@@ -68,32 +68,29 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_until(url, seconds, process):
+def wait_for(ready, what, seconds, process):
+    """Polls `ready()` until it is true; exits if `process` ends first or time runs out."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            sys.exit(f"the server exited with {process.returncode} before answering {url}")
+            sys.exit(f"the server exited with {process.returncode} while waiting to {what}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
+            if ready():
+                return
         except Exception:
             pass
-        time.sleep(0.2)
-    sys.exit(f"{url} did not answer 200 within {seconds} s")
+        time.sleep(0.1)
+    sys.exit(f"the server did not {what} within {seconds} s")
 
 
-def wait_for_port(port, seconds, process):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the server exited with {process.returncode} before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"nothing listened on port {port} within {seconds} s")
+def answers_200(url):
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return response.status == 200
+
+
+def listens(port):
+    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    return True
 
 
 def lua_string(data):
@@ -133,7 +130,7 @@ def wrk(url, body, headers, connections, seconds, threads):
 
 def start(command, ready_url, log):
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    wait_until(ready_url, 600, process)
+    wait_for(lambda: answers_200(ready_url), f"answer 200 on {ready_url}", 600, process)
     return process
 
 
@@ -181,7 +178,7 @@ def main():
             for label, path, body, headers in cases:
                 port = free_port()
                 bare = subprocess.Popen([args.bare, f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-                wait_for_port(port, 30, bare)
+                wait_for(lambda: listens(port), f"listen on port {port}", 30, bare)
                 try:
                     bare_rate, p50, p99, _ = wrk(
                         f"http://127.0.0.1:{port}{path}", body, headers, connections, args.seconds, args.threads

@@ -27,6 +27,9 @@ use crate::error::protocol_body;
 /// Bytes of a request's start kept to tell its protocol: the method, a space, and `/v1/`.
 const REQUEST_START: usize = 16;
 
+/// The longest response head that can be one of hyper's refusals.
+const MAX_REFUSAL_HEAD: usize = 512;
+
 /// A connection's stream, with hyper's empty-bodied refusals rewritten in the protocol's shape.
 pub(crate) struct ShapedRefusals<IO> {
     io: IO,
@@ -162,6 +165,12 @@ impl<IO> ShapedRefusals<IO> {
 /// hyper's refusal `head`, rewritten with a body in the shape of `path`'s protocol; `None` for
 /// anything else.
 fn rewritten(head: &[u8], path: &str) -> Option<Vec<u8>> {
+    // Every response write passes here: look no further than the status line's first bytes
+    // unless this can be a refusal head (hyper's are under 200 bytes).
+    let client_error = head.starts_with(b"HTTP/1.1 4") || head.starts_with(b"HTTP/1.0 4");
+    if !client_error || head.len() > MAX_REFUSAL_HEAD {
+        return None;
+    }
     let text = std::str::from_utf8(head).ok()?;
     let rest = text.strip_prefix("HTTP/1.1 ").or_else(|| text.strip_prefix("HTTP/1.0 "))?;
     let status: u16 = rest.get(..3)?.parse().ok()?;
