@@ -155,15 +155,37 @@ def st_seconds(model, texts, batch, threads):
     return time_calls(encode, chunks(texts, batch))
 
 
-def inferd_run(texts_file, batch, engine, threads):
-    """The example's JSON line for one batch size: seconds_per_batch, tokens_per_sentence, ..."""
+def inferd_run(texts_file, batch, engine, threads, variant):
+    """The example's JSON line for one batch size: seconds_per_batch, tokens_per_sentence, ...;
+    `variant` is (kernel level asked for through INFERD_CPU, None for the widest the CPU has;
+    precision, None for the default)."""
+    cpu, precision = variant
+    env = dict(os.environ)
+    env.pop("INFERD_CPU", None)
+    if cpu:
+        env["INFERD_CPU"] = cpu
     output = subprocess.run(
-        [str(EXAMPLE), str(MODEL_DIR), str(texts_file), str(batch), engine, str(threads)],
+        [str(EXAMPLE), str(MODEL_DIR), str(texts_file), str(batch), engine, str(threads)] + ([precision] if precision else []),
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
+
+
+def cpu_name():
+    """The CPU's model name and its vector extensions that matter here, from /proc/cpuinfo."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return "unknown CPU"
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
+    family = f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+    return f"{fields.get('model name', 'unknown CPU')} ({family}; {' '.join(f for f in wanted if f in flags)})"
 
 
 def main():
@@ -175,7 +197,19 @@ def main():
     parser.add_argument("--engine", choices=("native", "tensor"), default="native", help="inferd's engine")
     parser.add_argument("--st-only", action="store_true", help="time sentence-transformers only (no Rust)")
     parser.add_argument("--no-build", action="store_true", help="use the example binary as it is")
+    parser.add_argument(
+        "--cpu",
+        default="",
+        help="inferd kernel levels to run side by side, comma-separated, each through INFERD_CPU "
+        "(e.g. avx512,avx2; default: the widest this CPU has)",
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", help="also run inferd in bf16 (AVX-512 BF16 CPUs; f32 elsewhere)"
+    )
     args = parser.parse_args()
+    levels = [(level.strip(), None) for level in args.cpu.split(",") if level.strip()] or [(None, None)]
+    if args.bf16:
+        levels.append((None, "bf16"))
     sets = args.sets.split(",")
     batches = [int(b) for b in args.batches.split(",")]
     thread_counts = [int(t) for t in args.threads.split(",")]
@@ -213,15 +247,16 @@ def main():
             f"{name}: {len(texts[name])} texts, {sum(counts) / len(counts):.1f} word-pieces on average "
             f"({min(counts)} to {max(counts)}), e.g. {texts[name][0][:70]!r}..."
         )
+    print(f"CPU: {cpu_name()}")
     print()
 
+    label = {level: "inferd " + " ".join(part for part in level if part) if any(level) else "inferd" for level in levels}
     if args.st_only:
         header = f"{'set':<8}{'batch':>7}{'threads':>8}{'s-t sentences/s':>17}{'s-t/batch':>12}"
     else:
-        header = (
-            f"{'set':<8}{'batch':>7}{'threads':>8}{'inferd sentences/s':>20}{'s-t sentences/s':>17}"
-            f"{'inferd/batch':>14}{'s-t/batch':>12}{'ratio':>8}"
-        )
+        header = f"{'set':<8}{'batch':>7}{'threads':>8}"
+        header += "".join(f"{label[level] + ' /s':>22}{'ratio':>8}" for level in levels)
+        header += f"{'s-t sentences/s':>17}{'s-t/batch':>12}"
     print(header)
     print("-" * len(header))
     warnings = []
@@ -236,22 +271,26 @@ def main():
                         row = f"{name:<8}{batch:>7}{threads:>8}{batch / theirs:>17,.1f}{theirs * 1e3:>10,.2f}ms"
                         print(row, flush=True)
                         continue
-                    run = inferd_run(texts_file, batch, args.engine, threads)
-                    ours = run["seconds_per_batch"]
+                    runs = {level: inferd_run(texts_file, batch, args.engine, threads, level) for level in levels}
                     theirs = st_seconds(model, texts[name], batch, threads)
-                    print(
-                        f"{name:<8}{batch:>7}{threads:>8}{batch / ours:>20,.1f}{batch / theirs:>17,.1f}"
-                        f"{ours * 1e3:>12,.2f}ms{theirs * 1e3:>10,.2f}ms{theirs / ours:>7.2f}x",
-                        flush=True,
-                    )
-                    # Every text is within the set's range, so the mean of any calls must be too:
-                    # outside it, the example does not tokenize as the model does.
-                    lowest, highest = TEXT_SETS[name]
-                    if not lowest <= run["tokens_per_sentence"] <= highest:
-                        warnings.append(
-                            f"{name}, batch {batch}: inferd counted {run['tokens_per_sentence']} word-pieces "
-                            f"per text, outside the set's {lowest}..{highest}"
-                        )
+                    row = f"{name:<8}{batch:>7}{threads:>8}"
+                    for level, run in runs.items():
+                        ours = run["seconds_per_batch"]
+                        row += f"{batch / ours:>22,.1f}{theirs / ours:>7.2f}x"
+                        # Every text is within the set's range, so the mean of any calls must be
+                        # too: outside it, the example does not tokenize as the model does.
+                        if level[0] and run["cpu_kernels"] != level[0]:
+                            warnings.append(f"{label[level]} ran the {run['cpu_kernels']} kernels")
+                        if level[1] and run["precision"] != level[1]:
+                            warnings.append(f"{label[level]} ran in {run['precision']}")
+                        lowest, highest = TEXT_SETS[name]
+                        if not lowest <= run["tokens_per_sentence"] <= highest:
+                            warnings.append(
+                                f"{name}, batch {batch}, {label[level]}: inferd counted "
+                                f"{run['tokens_per_sentence']} word-pieces per text, outside the set's "
+                                f"{lowest}..{highest}"
+                            )
+                    print(row + f"{batch / theirs:>17,.1f}{theirs * 1e3:>10,.2f}ms", flush=True)
 
     print()
     for warning in warnings:

@@ -72,10 +72,12 @@ pub enum ServeError {
 /// the others serving.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     config.validate()?;
+    let requested = std::env::var("INFERD_CPU").ok().filter(|value| !value.trim().is_empty());
     tracing::info!(
         kernels = %inferd_core::cpu_level(),
         cpu_offers = %inferd_core::cpu::detected(),
-        "CPU kernels chosen (INFERD_CPU=avx2 forces the lower level)"
+        requested = requested.as_deref().unwrap_or("the widest (INFERD_CPU unset)"),
+        "CPU kernels chosen"
     );
     // SIGHUP reloads credentials once serving; until then (models loading) it must not end the
     // process, which is its default action. Tokio keeps a handler once one is registered.

@@ -1,6 +1,7 @@
 //! The real server with the real all-MiniLM-L6-v2 over HTTP: `/v1/embeddings` in every input
 //! and encoding form, the same model through `/v2/models/{name}/infer`, `/v1/models`, every
-//! rejection in OpenAI's error shape, and batches forming under concurrent clients.
+//! rejection in OpenAI's error shape, batches forming under concurrent clients, and
+//! `precision = "bf16"` (or its fall-back to `f32`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -134,6 +135,32 @@ async fn the_same_model_answers_the_open_inference_protocol_and_is_listed() {
     let one: Value = server.get(&format!("/v1/models/{MODEL}")).await.json().await.unwrap();
     assert_eq!(one["object"], "model");
     assert_eq!(server.get("/v1/models/nope").await.status(), 404);
+}
+
+#[tokio::test]
+async fn bf16_is_served_where_the_cpu_has_it_and_f32_elsewhere() {
+    let golden = golden();
+    let entry =
+        embedding_model("precision = \"bf16\"").replace(&format!("name = \"{MODEL}\""), "name = \"minilm-bf16\"");
+    let server = Server::start_ready(&entry, "").await;
+    let metadata: Value = server.get("/v2/models/minilm-bf16").await.json().await.unwrap();
+    let engine = metadata["parameters"]["engine"].as_str().unwrap();
+    // The server inherits this process's INFERD_CPU, so both see the same CPU level.
+    let runs = if inferd::transformers::bf16_available() { "native (bf16, avx512)" } else { "native (f32, " };
+    assert!(engine.starts_with(runs), "{engine}");
+    if !engine.contains("bf16") {
+        server.wait_for_log("bf16 asked for").await; // the fall-back to f32 is logged
+    }
+    let texts: Vec<&str> = golden.cases.iter().take(8).map(|case| case.text.as_str()).collect();
+    let response = server.post_json("/v1/embeddings", &json!({ "model": "minilm-bf16", "input": texts })).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), texts.len());
+    for (item, case) in data.iter().zip(&golden.cases) {
+        let similarity = cosine(&floats(&item["embedding"]), &case.embedding);
+        assert!(similarity >= 0.9995, "{}: cosine {similarity}", case.text);
+    }
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ cargo test --workspace --all-targets
 # The CPU kernels are chosen at start: AVX-512 (VNNI) where the CPU has it, else AVX2. On an
 # AVX-512 machine the run above used the AVX-512 kernels; the golden tests run again on the
 # AVX2 ones, so that both paths are checked against the reference libraries.
-if grep -qw avx512vnni /proc/cpuinfo 2>/dev/null; then
+if grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null; then
   echo "== golden tests again on the AVX2 kernels (INFERD_CPU=avx2)" >&2
   INFERD_CPU=avx2 cargo test -p inferd-transformers --test golden_embeddings --test golden_chat \
     --test golden_tiny_llm

@@ -31,6 +31,10 @@ fn variants(suite: &Suite, on_gpu: bool) -> Vec<(Option<&'static str>, Embedding
             variants.push((Some("f32"), options(Engine::Tensor, Precision::F32)));
         } else {
             variants.push((Some("tensor-f32"), options(Engine::Tensor, Precision::F32)));
+            // bf16 only where it runs as bf16 (elsewhere it would time f32 under its name).
+            if inferd::transformers::bf16_available() {
+                variants.push((Some("bf16"), options(Engine::Native, Precision::Bf16)));
+            }
         }
     }
     variants

@@ -23,12 +23,12 @@ pub struct EngineOptions {
 
 impl EngineOptions {
     /// The engine and precision to use on `device`. Classical models compute in `f32` (the
-    /// default on CUDA) or `f64` (the default on the CPU); `f16` is refused.
+    /// default on CUDA) or `f64` (the default on the CPU); `f16` and `bf16` are refused.
     pub fn resolve(&self, device: &Device) -> Result<(Engine, Precision), String> {
         let engine = Engine::or_default(self.engine, device);
         let precision = Precision::or_default(self.precision, PrecisionFamily::Classical, device);
-        if precision == Precision::F16 {
-            return Err("classical models compute in f32 or f64, not f16".into());
+        if matches!(precision, Precision::F16 | Precision::Bf16) {
+            return Err(format!("classical models compute in f32 or f64, not {}", precision.name()));
         }
         Ok((engine, precision))
     }

@@ -23,5 +23,6 @@ pub mod tokenizer;
 pub use embedding::{EmbeddingOptions, LoadedEmbedding, Pooling, load_embedding};
 pub use error::LoadError;
 pub use generation::{GenerationOptions, LoadedGeneration, load_generation};
+pub use kernels::bf16_available;
 pub use source::{ModelFiles, ModelSource};
 pub use tokenizer::TextTokenizer;

@@ -23,7 +23,9 @@ impl TensorLinear {
     pub(super) fn new(model: &LinearModel, device: &Device, precision: Precision) -> Result<Self> {
         let dtype = match precision {
             // `EngineOptions::resolve` refuses it first.
-            Precision::F16 => candle_core::bail!("classical models compute in f32 or f64, not f16"),
+            Precision::F16 | Precision::Bf16 => {
+                candle_core::bail!("classical models compute in f32 or f64, not {}", precision.name())
+            }
             Precision::F32 => DType::F32,
             Precision::F64 => DType::F64,
         };

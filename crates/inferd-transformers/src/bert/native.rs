@@ -45,14 +45,17 @@ pub struct NativeBert {
 }
 
 impl NativeBert {
-    /// Builds the engine from a checkpoint's weights; `threads` defaults to every core.
+    /// Builds the engine from a checkpoint's weights, with its pooling and whether it normalises
+    /// (`pipeline`); `bf16` packs the dense layers' weights in bf16 (the caller checks
+    /// [`kernels::bf16_available`]); `threads` defaults to every core.
     pub fn new(
         weights: &Weights,
         config: &BertConfig,
-        pooling: Pooling,
-        normalize: bool,
+        (pooling, normalize): (Pooling, bool),
+        bf16: bool,
         threads: Option<usize>,
     ) -> Result<Self, LoadError> {
+        let pack = if bf16 { PackedWeight::bf16 } else { PackedWeight::new };
         let h = config.hidden_size;
         let i = config.intermediate_size;
         let norm = |name: &str| -> Result<(Vec<f32>, Vec<f32>), LoadError> {
@@ -68,14 +71,14 @@ impl NativeBert {
                 qkv_bias.extend(weights.f32(&at(&format!("attention.self.{part}.bias")), &[h])?);
             }
             layers.push(Layer {
-                qkv: PackedWeight::new(&qkv, 3 * h, h),
+                qkv: pack(&qkv, 3 * h, h),
                 qkv_bias,
-                output: PackedWeight::new(&weights.f32(&at("attention.output.dense.weight"), &[h, h])?, h, h),
+                output: pack(&weights.f32(&at("attention.output.dense.weight"), &[h, h])?, h, h),
                 output_bias: weights.f32(&at("attention.output.dense.bias"), &[h])?,
                 attention_norm: norm(&at("attention.output.LayerNorm"))?,
-                intermediate: PackedWeight::new(&weights.f32(&at("intermediate.dense.weight"), &[i, h])?, i, h),
+                intermediate: pack(&weights.f32(&at("intermediate.dense.weight"), &[i, h])?, i, h),
                 intermediate_bias: weights.f32(&at("intermediate.dense.bias"), &[i])?,
-                feed_forward: PackedWeight::new(&weights.f32(&at("output.dense.weight"), &[h, i])?, h, i),
+                feed_forward: pack(&weights.f32(&at("output.dense.weight"), &[h, i])?, h, i),
                 feed_forward_bias: weights.f32(&at("output.dense.bias"), &[h])?,
                 output_norm: norm(&at("output.LayerNorm"))?,
             });

@@ -34,7 +34,8 @@ const PROBE_MIN_COSINE: f64 = 0.999;
 pub struct EmbeddingOptions {
     /// `native` (CPU only, the default there) or `tensor` (the default on CUDA).
     pub engine: Option<Engine>,
-    /// `f32` (the default on the CPU, and the only precision there) or `f16` (the default on
+    /// `f32` (the default on the CPU) or `bf16` (the native engine's dense layers, on CPUs with
+    /// AVX-512 BF16; elsewhere it falls back to `f32` with a warning), or `f16` (the default on
     /// CUDA).
     pub precision: Option<Precision>,
     /// Threads the native engine uses (default: every core).
@@ -94,13 +95,31 @@ pub fn load_embedding(
 
     let on_gpu = !device.is_cpu();
     let engine = Engine::or_default(options.engine, device);
-    let precision = Precision::or_default(options.precision, PrecisionFamily::Embedding, device);
+    let mut precision = Precision::or_default(options.precision, PrecisionFamily::Embedding, device);
     let dtype = match precision {
         Precision::F32 => DType::F32,
         Precision::F16 if on_gpu => DType::F16,
-        Precision::F16 => return Err(LoadError::Device("f16 embeddings run on CUDA only; use f32 on the CPU".into())),
-        Precision::F64 => return Err(LoadError::Device("embedding models run in f32 or f16, not f64".into())),
+        Precision::F16 => {
+            return Err(LoadError::Device("f16 embeddings run on CUDA only; use f32 (or bf16) on the CPU".into()));
+        }
+        Precision::Bf16 if on_gpu || engine != Engine::Native => {
+            return Err(LoadError::Device("bf16 embeddings run on the native engine on the CPU only".into()));
+        }
+        Precision::Bf16 => {
+            if !crate::kernels::bf16_available() {
+                tracing::warn!(
+                    cpu_kernels = %inferd_core::cpu_level(),
+                    "bf16 asked for, but this CPU (or INFERD_CPU) has no AVX-512 BF16: the encoder runs in f32"
+                );
+                precision = Precision::F32;
+            }
+            DType::F32
+        }
+        Precision::F64 => {
+            return Err(LoadError::Device("embedding models run in f32, bf16 or f16, not f64".into()));
+        }
     };
+    let bf16 = precision == Precision::Bf16;
     let build = |engine: Engine, device: &Device, dtype: DType| -> Result<Box<dyn EmbeddingModel>, LoadError> {
         Ok(match engine {
             Engine::Native if !device.is_cpu() => {
@@ -109,7 +128,8 @@ pub fn load_embedding(
                 ));
             }
             Engine::Native => {
-                Box::new(NativeBert::new(&weights, &config, pipeline.pooling, pipeline.normalize, options.threads)?)
+                let pipeline = (pipeline.pooling, pipeline.normalize);
+                Box::new(NativeBert::new(&weights, &config, pipeline, bf16, options.threads)?)
             }
             Engine::Tensor => Box::new(TensorBert::new(
                 &weights_path,
