@@ -21,8 +21,8 @@ cargo test --workspace --all-targets
 # AVX2 ones, so that both paths are checked against the reference libraries.
 if grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null; then
   echo "== golden tests again on the AVX2 kernels (INFERD_CPU=avx2)" >&2
-  INFERD_CPU=avx2 cargo test -p inferd-transformers --test golden_embeddings --test golden_chat \
-    --test golden_tiny_llm
+  # --workspace, so that features unify as in the run above and nothing is rebuilt.
+  INFERD_CPU=avx2 cargo test --workspace --test golden_embeddings --test golden_chat --test golden_tiny_llm
 else
   echo "== this CPU has no AVX-512 VNNI: the AVX-512 kernels were not tested here" >&2
 fi

@@ -1,7 +1,8 @@
 //! Which vector instructions the CPU kernels use, chosen once per process: the widest level the
-//! CPU offers, or a lower one asked for with `INFERD_CPU` (`avx2`, `avx512`, `portable`), so that
-//! both paths can be tested on an AVX-512 machine and users can pin behaviour. A level the CPU
-//! lacks is never chosen, whatever is asked.
+//! CPU offers, or a lower one asked for with `INFERD_CPU` (`avx2`, `avx512`), so that both paths
+//! can be tested on an AVX-512 machine and users can pin behaviour. A level the CPU lacks is never
+//! chosen, whatever is asked, and neither is one below the build's baseline (an x86-64 build's
+//! kernels are AVX2 at least, so there `portable` gives `avx2`).
 //!
 //! Builds target `x86-64-v3` (AVX2, FMA): [`CpuLevel::Avx2`] is the baseline, and the
 //! [`CpuLevel::Avx512`] kernels are compiled beside it and chosen at start on CPUs with
@@ -14,7 +15,8 @@ use std::sync::OnceLock;
 /// A level of vector instructions the kernels are written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CpuLevel {
-    /// No x86 vector kernels: portable Rust (other architectures, or forced).
+    /// No x86 vector kernels: portable Rust, which the compiler vectorises for the target (the
+    /// level of builds for other architectures, such as aarch64).
     Portable,
     /// AVX2 and FMA, 256-bit vectors.
     Avx2,
@@ -69,13 +71,22 @@ pub fn detected() -> CpuLevel {
     CpuLevel::Portable
 }
 
-/// The level asked for (`requested`, from `INFERD_CPU`) capped at what the CPU offers, and a
-/// warning when the request could not be met.
+/// The lowest level this build's kernels have: AVX2 for x86-64 (builds target x86-64-v3),
+/// portable elsewhere.
+pub const BASELINE: CpuLevel = if cfg!(target_arch = "x86_64") { CpuLevel::Avx2 } else { CpuLevel::Portable };
+
+/// The level asked for (`requested`, from `INFERD_CPU`) between the build's [`BASELINE`] and
+/// what the CPU offers, and a warning when the request could not be met.
 pub fn choose(detected: CpuLevel, requested: Option<&str>) -> (CpuLevel, Option<String>) {
     let Some(requested) = requested.filter(|text| !text.trim().is_empty()) else { return (detected, None) };
     match requested.parse::<CpuLevel>() {
-        Ok(level) if level <= detected => (level, None),
-        Ok(level) => (detected, Some(format!("INFERD_CPU={level} asked for, but this CPU offers only {detected}"))),
+        Ok(level) if level > detected => {
+            (detected, Some(format!("INFERD_CPU={level} asked for, but this CPU offers only {detected}")))
+        }
+        Ok(level) if level < BASELINE && BASELINE <= detected => {
+            (BASELINE, Some(format!("INFERD_CPU={level} asked for, but this build's kernels are {BASELINE} at least")))
+        }
+        Ok(level) => (level, None),
         Err(err) => (detected, Some(format!("INFERD_CPU: {err}; using {detected}"))),
     }
 }
@@ -104,7 +115,14 @@ mod tests {
         assert_eq!(choose(CpuLevel::Avx512, None), (CpuLevel::Avx512, None));
         assert_eq!(choose(CpuLevel::Avx512, Some("avx2")), (CpuLevel::Avx2, None));
         assert_eq!(choose(CpuLevel::Avx512, Some(" AVX512 ")), (CpuLevel::Avx512, None));
-        assert_eq!(choose(CpuLevel::Avx2, Some("portable")).0, CpuLevel::Portable);
+        let (level, warning) = choose(CpuLevel::Avx2, Some("portable"));
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(level, CpuLevel::Avx2);
+            assert!(warning.unwrap().contains("avx2 at least"));
+        } else {
+            assert_eq!((level, warning), (CpuLevel::Portable, None));
+        }
+        assert_eq!(choose(CpuLevel::Portable, Some("portable")), (CpuLevel::Portable, None));
         let (level, warning) = choose(CpuLevel::Avx2, Some("avx512"));
         assert_eq!(level, CpuLevel::Avx2);
         assert!(warning.unwrap().contains("offers only avx2"));

@@ -163,14 +163,36 @@ fn lane_max(values: &[f32]) -> f32 {
     partial.iter().chain(rest).copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
+/// Runs `$body` (an element-wise loop) compiled for AVX-512 where the kernels' level is
+/// [`CpuLevel::Avx512`], else as built (AVX2). The same operations in the same order either way
+/// (the compiler never reassociates floating-point arithmetic), so the results are equal bit for
+/// bit; only the vector width changes.
+macro_rules! elementwise {
+    ($body:block) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+            unsafe fn wide(body: impl FnOnce()) {
+                body()
+            }
+            if inferd_core::cpu_level() >= CpuLevel::Avx512 {
+                // SAFETY: `cpu_level` is AVX-512 only where the CPU has AVX-512 F, BW and VL.
+                unsafe { wide(|| $body) };
+                return;
+            }
+        }
+        $body
+    }};
+}
+
 /// Exact GELU over a slice, in place.
 pub fn gelu_erf_all(values: &mut [f32]) {
-    values.iter_mut().for_each(|v| *v = gelu(*v, false));
+    elementwise!({ values.iter_mut().for_each(|v| *v = gelu(*v, false)) })
 }
 
 /// Tanh-approximated GELU over a slice, in place.
 pub fn gelu_tanh_all(values: &mut [f32]) {
-    values.iter_mut().for_each(|v| *v = gelu(*v, true));
+    elementwise!({ values.iter_mut().for_each(|v| *v = gelu(*v, true)) })
 }
 
 /// ReLU over a slice, in place.
@@ -196,14 +218,21 @@ pub fn prefetch(start: *const u8, bytes: usize) {
 
 /// Softmax of one row, in place.
 pub fn softmax(row: &mut [f32]) {
-    let max = lane_max(row);
-    row.iter_mut().for_each(|v| *v = exp(*v - max));
-    let inverse = 1.0 / lane_sum(row, |v| v);
-    row.iter_mut().for_each(|v| *v *= inverse);
+    elementwise!({
+        let max = lane_max(row);
+        row.iter_mut().for_each(|v| *v = exp(*v - max));
+        let inverse = 1.0 / lane_sum(row, |v| v);
+        row.iter_mut().for_each(|v| *v *= inverse);
+    })
 }
 
 /// `row = LayerNorm(row + residual) · gamma + beta`, in place; `residual` may be empty.
 pub fn add_layer_norm(row: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    elementwise!({ layer_norm(row, residual, gamma, beta, eps) })
+}
+
+#[inline(always)]
+fn layer_norm(row: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
     if !residual.is_empty() {
         for (v, r) in row.iter_mut().zip(residual) {
             *v += r;

@@ -230,22 +230,22 @@ impl KvElement for f16 {
     }
 
     fn round_slice(values: &mut [f32]) {
-        let mut chunks = values.chunks_exact_mut(8);
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-        for chunk in &mut chunks {
-            use std::arch::x86_64::*;
-            // SAFETY: F16C comes with x86-64-v3 (enabled at compile time); the load and the
-            // store touch the chunk's 8 floats.
-            unsafe {
-                let halves = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(chunk.as_ptr()));
-                _mm256_storeu_ps(chunk.as_mut_ptr(), _mm256_cvtph_ps(halves));
+        let rest = {
+            let mut chunks = values.chunks_exact_mut(8);
+            for chunk in &mut chunks {
+                use std::arch::x86_64::*;
+                // SAFETY: F16C comes with x86-64-v3 (enabled at compile time); the load and the
+                // store touch the chunk's 8 floats.
+                unsafe {
+                    let halves = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(chunk.as_ptr()));
+                    _mm256_storeu_ps(chunk.as_mut_ptr(), _mm256_cvtph_ps(halves));
+                }
             }
-        }
-        let rest = if cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")) {
             chunks.into_remainder()
-        } else {
-            values
         };
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+        let rest = values;
         rest.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
     }
 

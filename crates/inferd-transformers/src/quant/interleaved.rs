@@ -48,7 +48,9 @@ const Q8_0_GROUP_BYTES: usize = group_block_bytes(BlockFormat::Q8_0);
 /// streams each matrix from memory once per step; without a hint the core waits for each line
 /// as it computes (at 8 activation rows the waiting and the arithmetic added up instead of
 /// overlapping). Measured on the benchmark's matrix shapes, 1280 to 4096 bytes ahead all took
-/// 11–17% off a step's products, at 1 row and at 8; 1920 is in the middle.
+/// 11–17% off a step's products, at 1 row and at 8; 1920 is in the middle. (The x86-64 kernels'
+/// hint; the portable ones leave prefetching to the hardware.)
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_AHEAD: usize = 1920;
 
 /// A Q4_1 or Q8_0 matrix whose rows are interleaved by groups of [`GROUP`] (the last group
