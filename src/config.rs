@@ -73,8 +73,9 @@ pub struct ModelConfig {
     /// Which engine computes it (`native` or `tensor`); default per device.
     #[serde(default)]
     pub engine: Option<Engine>,
-    /// The tensor engine's precision (`f64`, `f32`; `f16` for embedding models on CUDA);
-    /// default per device and model family.
+    /// The precision (`f64`, `f32`; `f16` for embedding models on CUDA; `bf16` for embedding
+    /// models on the native engine, on CPUs with AVX-512 BF16); default per device and model
+    /// family.
     #[serde(default)]
     pub precision: Option<Precision>,
     /// Most threads the native engines use for one batch; default every core.

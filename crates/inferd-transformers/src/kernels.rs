@@ -1,7 +1,8 @@
 //! CPU kernels for transformer forward passes, in `f32`: dense layers through weights packed at
-//! load for an AVX2/FMA micro-kernel ([`linear`]), attention's small strided products through
-//! the `gemm` crate ([`matmul`]), and the element-wise steps, written so that the compiler
-//! vectorises them (reductions in [`LANES`] partial results).
+//! load for an AVX2/FMA or AVX-512 micro-kernel, or in bf16 for an AVX-512 BF16 one ([`linear`],
+//! chosen by [`inferd_core::cpu_level`]), attention's small strided products through the `gemm`
+//! crate ([`matmul`]), and the element-wise steps, written so that the compiler vectorises them
+//! (reductions in [`LANES`] partial results) and compiled a second time for AVX-512.
 //!
 //! `exp` and `erf` are polynomial approximations written so that the compiler vectorises them
 //! (the library functions are scalar calls): relative error below 2e-7 for `exp`, absolute
@@ -164,7 +165,9 @@ fn lane_max(values: &[f32]) -> f32 {
 }
 
 /// Runs `$body` (an element-wise loop) compiled for AVX-512 where the kernels' level is
-/// [`CpuLevel::Avx512`], else as built (AVX2). The same operations in the same order either way
+/// [`CpuLevel::Avx512`], else as built (AVX2). The body is a closure that the compiler inlines
+/// into the AVX-512 function in optimised builds (checked: its copy uses zmm registers); without
+/// inlining it would simply run as built. The same operations in the same order either way
 /// (the compiler never reassociates floating-point arithmetic), so the results are equal bit for
 /// bit; only the vector width changes.
 macro_rules! elementwise {
@@ -361,7 +364,9 @@ mod tests {
             return;
         }
         // Odd and even k, rows on both sides of a tile, columns on both sides of a panel.
-        for (m, n, k) in [(1, 1, 1), (7, 33, 5), (13, 16, 64), (25, 40, 17), (49, 384, 384)] {
+        // k = 47 and 390: whole 32-value chunks of the activations' conversion, then a tail.
+        for (m, n, k) in [(1, 1, 1), (7, 33, 5), (13, 16, 64), (25, 40, 17), (3, 20, 47), (49, 384, 384), (14, 17, 390)]
+        {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 104_729 % 997) as f32 - 498.0) / 311.0).collect();
             let bias: Vec<f32> = (0..n).map(|j| j as f32 / 8.0).collect();
@@ -423,7 +428,8 @@ enum Panels {
     Bf16(Vec<u32>),
 }
 
-/// `f32` to bf16, rounded to nearest even (as `vcvtne2ps2bf16` does); a NaN stays a NaN.
+/// `f32` to bf16, rounded to nearest even; a NaN stays a NaN. (`vcvtne2ps2bf16` also flushes
+/// subnormals to zero, which this does not; `vdpbf16ps` reads subnormal inputs as zero anyway.)
 fn bf16_bits(value: f32) -> u16 {
     let bits = value.to_bits();
     if value.is_nan() {
@@ -493,11 +499,6 @@ impl PackedWeight {
     /// Output columns.
     pub fn n(&self) -> usize {
         self.n
-    }
-
-    /// Whether the values are held in bf16.
-    pub fn is_bf16(&self) -> bool {
-        matches!(self.panels, Panels::Bf16(_))
     }
 }
 

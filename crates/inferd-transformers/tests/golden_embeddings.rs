@@ -111,6 +111,13 @@ fn native_engine_in_bf16_matches_sentence_transformers_or_falls_back_to_f32() {
     let loaded = load_at(Engine::Native, Some(Precision::Bf16));
     if inferd_transformers::bf16_available() {
         assert_eq!(loaded.precision, Precision::Bf16);
+        // The label is not enough: the vectors must be bf16's, not f32's.
+        let mut f32_model = load(Engine::Native);
+        let mut bf16_model = load_at(Engine::Native, Some(Precision::Bf16));
+        let ids = golden().cases[0].token_ids.clone();
+        let a = f32_model.model.embed(&[&ids]).expect("embeds");
+        let b = bf16_model.model.embed(&[&ids]).expect("embeds");
+        assert_ne!(a, b, "bf16 gave f32's embedding bit for bit");
         check(loaded, MIN_COSINE_BF16);
     } else {
         eprintln!("bf16 skipped: no AVX-512 BF16 at this CPU level; checking the fall-back to f32");

@@ -46,8 +46,8 @@ pub struct NativeBert {
 
 impl NativeBert {
     /// Builds the engine from a checkpoint's weights, with its pooling and whether it normalises
-    /// (`pipeline`); `bf16` packs the dense layers' weights in bf16 (the caller checks
-    /// [`kernels::bf16_available`]); `threads` defaults to every core.
+    /// (`pipeline`); `bf16` packs the dense layers' weights in bf16, and is refused where
+    /// [`crate::bf16_available`] is false; `threads` defaults to every core.
     pub fn new(
         weights: &Weights,
         config: &BertConfig,
@@ -55,6 +55,12 @@ impl NativeBert {
         bf16: bool,
         threads: Option<usize>,
     ) -> Result<Self, LoadError> {
+        if bf16 && !kernels::bf16_available() {
+            return Err(LoadError::Device(format!(
+                "bf16 needs AVX-512 BF16, and the CPU kernels in use are {} without it",
+                inferd_core::cpu_level()
+            )));
+        }
         let pack = if bf16 { PackedWeight::bf16 } else { PackedWeight::new };
         let h = config.hidden_size;
         let i = config.intermediate_size;
