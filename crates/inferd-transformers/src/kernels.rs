@@ -702,6 +702,28 @@ unsafe fn tile(count: usize, a: &[f32], k: usize, b: &[f32], c: *mut f32, ldc: u
     unsafe { add_tile(&sums, count, c, ldc, columns) };
 }
 
+/// Calls the micro-kernel `$micro::<R>` for `R = $count` rows (1 to [`TILE_ROWS_AVX512`]; the
+/// row count is a constant of each kernel, so that its accumulators stay in registers).
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_rows {
+    ($count:expr, $micro:ident, $($arg:expr),*) => {
+        match $count {
+            12 => $micro::<12>($($arg),*),
+            11 => $micro::<11>($($arg),*),
+            10 => $micro::<10>($($arg),*),
+            9 => $micro::<9>($($arg),*),
+            8 => $micro::<8>($($arg),*),
+            7 => $micro::<7>($($arg),*),
+            6 => $micro::<6>($($arg),*),
+            5 => $micro::<5>($($arg),*),
+            4 => $micro::<4>($($arg),*),
+            3 => $micro::<3>($($arg),*),
+            2 => $micro::<2>($($arg),*),
+            _ => $micro::<1>($($arg),*),
+        }
+    };
+}
+
 /// [`tile`] with AVX-512, up to [`TILE_ROWS_AVX512`] rows. Each output is the same chain of
 /// fused multiply-adds in the same order as [`tile`]'s, so the two agree bit for bit.
 ///
@@ -712,20 +734,7 @@ unsafe fn tile_avx512(count: usize, a: &[f32], k: usize, b: &[f32], c: *mut f32,
     let mut sums = [[0f32; PANEL]; TILE_ROWS_AVX512];
     // SAFETY: the caller vouches for AVX-512 F.
     unsafe {
-        match count {
-            12 => micro_avx512::<12>(a, k, b, &mut sums),
-            11 => micro_avx512::<11>(a, k, b, &mut sums),
-            10 => micro_avx512::<10>(a, k, b, &mut sums),
-            9 => micro_avx512::<9>(a, k, b, &mut sums),
-            8 => micro_avx512::<8>(a, k, b, &mut sums),
-            7 => micro_avx512::<7>(a, k, b, &mut sums),
-            6 => micro_avx512::<6>(a, k, b, &mut sums),
-            5 => micro_avx512::<5>(a, k, b, &mut sums),
-            4 => micro_avx512::<4>(a, k, b, &mut sums),
-            3 => micro_avx512::<3>(a, k, b, &mut sums),
-            2 => micro_avx512::<2>(a, k, b, &mut sums),
-            _ => micro_avx512::<1>(a, k, b, &mut sums),
-        }
+        by_rows!(count, micro_avx512, a, k, b, &mut sums);
         add_tile(&sums, count, c, ldc, columns);
     }
 }
@@ -747,20 +756,7 @@ unsafe fn tile_bf16(count: usize, a: &[u32], steps: usize, b: &[u32], c: *mut f3
     let mut sums = [[0f32; PANEL]; TILE_ROWS_AVX512];
     // SAFETY: the caller vouches for AVX-512 F and BF16.
     unsafe {
-        match count {
-            12 => micro_bf16::<12>(a, steps, b, &mut sums),
-            11 => micro_bf16::<11>(a, steps, b, &mut sums),
-            10 => micro_bf16::<10>(a, steps, b, &mut sums),
-            9 => micro_bf16::<9>(a, steps, b, &mut sums),
-            8 => micro_bf16::<8>(a, steps, b, &mut sums),
-            7 => micro_bf16::<7>(a, steps, b, &mut sums),
-            6 => micro_bf16::<6>(a, steps, b, &mut sums),
-            5 => micro_bf16::<5>(a, steps, b, &mut sums),
-            4 => micro_bf16::<4>(a, steps, b, &mut sums),
-            3 => micro_bf16::<3>(a, steps, b, &mut sums),
-            2 => micro_bf16::<2>(a, steps, b, &mut sums),
-            _ => micro_bf16::<1>(a, steps, b, &mut sums),
-        }
+        by_rows!(count, micro_bf16, a, steps, b, &mut sums);
         add_tile(&sums, count, c, ldc, columns);
     }
 }
