@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod load;
+pub mod model_spec;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use config::{Config, ConfigError};
 use std::collections::HashMap;
 
 use inferd_core::{Device, DeviceError, DeviceSpec, Metrics, ModelRegistry, device_name};
+use inferd_server::outbound::Outbound;
 use inferd_server::{AppState, Telemetry, TlsListener, TlsSettings};
 
 /// Why the server could not start or stopped with an error.
@@ -104,7 +106,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
 
     let metrics = Arc::new(Metrics::new());
     let names = config.models.iter().map(|model| model.name.clone());
-    let registry = Arc::new(ModelRegistry::new(names, metrics).map_err(|err| ConfigError::Invalid(err.to_string()))?);
+    let registry =
+        Arc::new(ModelRegistry::new(names, Arc::clone(&metrics)).map_err(|err| ConfigError::Invalid(err.to_string()))?);
     for (model, device) in config.models.iter().cloned().zip(devices) {
         registry.load(&model.name.clone(), move |metrics| load::load_model(&model, &device, metrics));
     }
@@ -112,8 +115,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let address = config.server.listen;
     let tls = config.server.tls.as_ref().map(TlsSettings::acceptor).transpose()?;
     let telemetry_settings = config.server.telemetry.clone();
-    // The exporter's HTTP client is a blocking one: start and stop it off the async threads.
-    let telemetry = tokio::task::spawn_blocking(move || Telemetry::start(&telemetry_settings))
+    let outbound = Outbound::new(config.server.ca_file.as_deref(), std::time::Duration::from_secs(10))
+        .map_err(|err| ConfigError::Invalid(err.to_string()))?;
+    // The exporters' HTTP client is a blocking one: start and stop them off the async threads.
+    let telemetry = tokio::task::spawn_blocking(move || Telemetry::start(&telemetry_settings, &outbound, metrics))
         .await
         .map_err(|err| ConfigError::Invalid(format!("trace exporter: {err}")))??
         .map(Arc::new);

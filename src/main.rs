@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use inferd::config::{Config, DEFAULT_CONFIG};
 use inferd::core::DeviceSpec;
+use inferd::model_spec::parse_model_spec;
 
 /// inferd: serve models over OpenAI-compatible and Open Inference Protocol (KServe v2) HTTP APIs.
 #[derive(Parser)]
@@ -30,15 +31,43 @@ enum Command {
     Advise(Box<cli::advise::AdviseArgs>),
     /// Print the SHA-256 of an API key read from standard input, as `[server.auth]` keys take it.
     HashKey,
+    /// Exit 0 when a running server answers its liveness route (or, with --ready, its readiness
+    /// route) with 200, else 1: for container health checks and exec probes.
+    Health(HealthArgs),
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// Check readiness (every model loaded, not draining) rather than liveness.
+    #[arg(long)]
+    ready: bool,
+    /// The server's base URL [default: http:// and the address of INFERD_LISTEN, loopback for
+    /// an unspecified address, else http://127.0.0.1:8080].
+    #[arg(long)]
+    url: Option<String>,
+    /// Longest wait for the answer (e.g. 3s).
+    #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+    timeout: Duration,
+    /// PEM certificates to trust for an https:// URL, besides the public roots.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 /// Flags override the configuration file; each flag can also be set by its environment
 /// variable.
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Configuration file [default: models/default.toml, the bundled models].
+    /// Configuration file [default: models/default.toml, the bundled models, unless --model is
+    /// given].
     #[arg(long, env = "INFERD_CONFIG")]
     config: Option<PathBuf>,
+    /// A model to serve without a configuration file: [KIND=]PATH[,name=NAME][,device=DEVICE]
+    /// [,engine=ENGINE][,precision=PRECISION]. KIND (linear, xgboost, lightgbm, embedding, llm)
+    /// is read from the files when left out; ${VAR} in PATH is taken from the environment.
+    /// Repeat for more models (in INFERD_MODELS, separate them with ';'); with --config, they
+    /// are served besides the file's.
+    #[arg(long = "model", env = "INFERD_MODELS", value_delimiter = ';')]
+    models: Vec<String>,
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "INFERD_LISTEN")]
     listen: Option<std::net::SocketAddr>,
@@ -92,14 +121,23 @@ fn humantime_duration(text: &str) -> Result<Duration, String> {
 
 impl ServeArgs {
     fn config(&self) -> anyhow::Result<Config> {
-        let path = self.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-        if self.config.is_none() && !path.exists() {
-            anyhow::bail!(
-                "no --config given and the bundled {DEFAULT_CONFIG} is not in the current directory; \
-                 run from the inferd directory or pass --config"
-            );
-        }
-        let mut config = Config::load(&path)?;
+        let models = self.models.iter().filter(|spec| !spec.trim().is_empty());
+        let models = models.map(|spec| parse_model_spec(spec.trim())).collect::<Result<Vec<_>, _>>()?;
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None if !models.is_empty() => Config::default(),
+            None => {
+                let path = PathBuf::from(DEFAULT_CONFIG);
+                if !path.exists() {
+                    anyhow::bail!(
+                        "no --config or --model given and the bundled {DEFAULT_CONFIG} is not in the current \
+                         directory; run from the inferd directory, or pass --config or --model"
+                    );
+                }
+                Config::load(&path)?
+            }
+        };
+        config.models.extend(models);
         if let Some(listen) = self.listen {
             config.server.listen = listen;
         }
@@ -182,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => cli::bench::run(*args),
         Command::Advise(args) => cli::advise::run(*args),
+        Command::Health(args) => health(&args),
         Command::HashKey => {
             let mut key = String::new();
             std::io::stdin().read_line(&mut key).context("cannot read the key from standard input")?;
@@ -191,6 +230,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `inferd health`: one GET, exit status from the answer.
+fn health(args: &HealthArgs) -> anyhow::Result<()> {
+    let base = match &args.url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            let listen = std::env::var("INFERD_LISTEN").ok().and_then(|text| text.parse::<std::net::SocketAddr>().ok());
+            let mut address = listen.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+            if address.ip().is_unspecified() {
+                address.set_ip(if address.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            format!("http://{address}")
+        }
+    };
+    let route = if args.ready { "/v2/health/ready" } else { "/v2/health/live" };
+    let client = inferd::server::outbound::Outbound::new(args.ca_file.as_deref(), args.timeout)?;
+    let answer: serde_json::Value = client.get_json(&format!("{base}{route}"))?;
+    println!("{answer}");
+    Ok(())
 }
 
 #[cfg(test)]

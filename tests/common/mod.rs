@@ -95,14 +95,26 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("inferd.toml");
         std::fs::write(&config, format!("[server]\n{server}\n\n{models}")).unwrap();
+        let mut with_config = vec!["--config", config.to_str().unwrap()];
+        with_config.extend(args);
+        Server::launch(&with_config, env, dir)
+    }
+
+    /// Starts `inferd serve` with these arguments and environment only, no configuration file
+    /// (as a platform that names the model on the command line starts it).
+    pub fn spawn_without_config(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::launch(args, env, tempfile::tempdir().unwrap())
+    }
+
+    fn launch(args: &[&str], env: &[(&str, &str)], dir: tempfile::TempDir) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
             .arg("serve")
-            .arg("--config")
-            .arg(&config)
             .arg("--listen")
             .arg("127.0.0.1:0")
             .args(args)
             .env_remove("INFERD_DEVICE")
+            .env_remove("INFERD_CONFIG")
+            .env_remove("INFERD_MODELS")
             .env("INFERD_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -228,6 +240,24 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Serves `router` over HTTPS with the test certificate (`tests/fixtures/ops/tls.cert.pem`,
+/// for localhost and 127.0.0.1), as a stand-in for an identity provider or a collector;
+/// returns its base URL.
+pub async fn https_stand_in(router: axum::Router) -> String {
+    let fixtures = repo().join("tests/fixtures/ops");
+    let tls = inferd::server::TlsSettings { cert: fixtures.join("tls.cert.pem"), key: fixtures.join("tls.key.pem") };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let listener = inferd::server::TlsListener::new(listener, tls.acceptor().unwrap()).unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("https://localhost:{port}")
+}
+
+/// The test certificate, to name as `ca_file` where a stand-in from [`https_stand_in`] is called.
+pub fn test_ca_file() -> String {
+    repo().join("tests/fixtures/ops/tls.cert.pem").display().to_string()
 }
 
 /// Runs `inferd` to completion with these arguments; returns its status and stderr.

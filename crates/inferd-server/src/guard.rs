@@ -39,7 +39,7 @@ pub(crate) async fn guard(State(state): State<AppState>, mut request: Request, n
     if is_public(&path, &state) {
         return next.run(request).await;
     }
-    let caller = match state.auth.authenticate(request.headers()) {
+    let caller = match state.auth.authenticate(request.headers()).await {
         Ok(caller) => caller,
         Err(refused) => return protocol_error(&path, InferError::Unauthenticated(refused.0)),
     };

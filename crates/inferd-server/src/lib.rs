@@ -22,6 +22,7 @@ mod error;
 mod guard;
 mod observe;
 mod openai;
+pub mod outbound;
 mod parse_refusals;
 mod payload;
 mod quota;

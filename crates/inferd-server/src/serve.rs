@@ -30,7 +30,8 @@ use crate::state::AppState;
 /// Models are not closed here: the caller owns the registry and closes it afterwards.
 ///
 /// `listener` is a `tokio::net::TcpListener` for HTTP or a [`crate::TlsListener`] for HTTPS.
-/// On Unix, SIGHUP reads the keys file and JWKS file again.
+/// On Unix, SIGHUP reads the keys file and JWKS file again. Signing keys fetched from an identity
+/// provider are fetched at once and then every `jwks_refresh`.
 pub async fn serve<L>(
     mut listener: L,
     state: AppState,
@@ -42,6 +43,8 @@ where
 {
     #[cfg(unix)]
     let reloader = tokio::spawn(reload_on_hangup(state.clone()));
+    let auth = Arc::clone(&state.auth);
+    let key_refresher = tokio::spawn(async move { auth.keep_keys_fresh().await });
     let settings = Arc::clone(&state.settings);
     let draining_state = state.clone();
     let drain_delay = settings.drain_delay;
@@ -95,6 +98,7 @@ where
     }
     #[cfg(unix)]
     reloader.abort();
+    key_refresher.abort();
     Ok(())
 }
 

@@ -52,8 +52,11 @@ pub struct ServerSettings {
     pub auth: AuthSettings,
     /// HTTPS certificate and key; plain HTTP when absent.
     pub tls: Option<TlsSettings>,
-    /// OpenTelemetry trace export.
+    /// OpenTelemetry trace and metrics export.
     pub telemetry: TelemetrySettings,
+    /// PEM certificates to trust, besides the public roots, when the server calls out over
+    /// HTTPS (the identity provider's keys, the OTLP collector): a private CA's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The longest any of the durations above may be: longer ones are configuration mistakes.
@@ -71,8 +74,11 @@ impl ServerSettings {
         if let Some(path) = &mut self.auth.keys_file {
             rebase(path);
         }
-        if let Some(jwt) = &mut self.auth.jwt {
-            rebase(&mut jwt.jwks_file);
+        if let Some(path) = self.auth.jwt.as_mut().and_then(|jwt| jwt.jwks_file.as_mut()) {
+            rebase(path);
+        }
+        if let Some(path) = &mut self.ca_file {
+            rebase(path);
         }
         if let Some(tls) = &mut self.tls {
             rebase(&mut tls.cert);
@@ -143,6 +149,7 @@ impl Default for ServerSettings {
             auth: AuthSettings::default(),
             tls: None,
             telemetry: TelemetrySettings::default(),
+            ca_file: None,
         }
     }
 }

@@ -12,8 +12,12 @@ use inferd_core::{InferError, Metrics, ModelRegistry, ServedModel};
 use tokio::sync::Semaphore;
 
 use crate::auth::{AuthError, Authenticator, Caller};
+use crate::outbound::Outbound;
 use crate::settings::ServerSettings;
 use crate::telemetry::Telemetry;
+
+/// How long a call to the identity provider may take.
+const OUTBOUND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the server's state cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +66,9 @@ impl AppState {
     /// State over `registry`'s models; reads the key and JWKS files the settings name.
     pub fn new(registry: Arc<ModelRegistry>, settings: ServerSettings) -> Result<Self, StateError> {
         settings.validate().map_err(StateError::Settings)?;
-        let auth = Authenticator::new(settings.auth.clone())?;
+        let outbound = Outbound::new(settings.ca_file.as_deref(), OUTBOUND_TIMEOUT)
+            .map_err(|err| StateError::Settings(err.to_string()))?;
+        let auth = Authenticator::new(settings.auth.clone(), &outbound)?;
         let shared = Shared {
             registry,
             concurrency: Arc::new(Semaphore::new(settings.max_concurrent_requests)),

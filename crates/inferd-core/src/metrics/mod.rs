@@ -332,16 +332,22 @@ impl Metrics {
     /// Renders every metric in the Prometheus text exposition format, after bringing the
     /// sliding-window and GPU gauges up to date.
     pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec only fails on invalid metric families, which we never build.
+        if let Err(err) = TextEncoder::new().encode(&self.gather(), &mut buffer) {
+            tracing::error!(%err, "failed to encode metrics");
+        }
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+
+    /// Every metric family with its current values, as a scrape sees them (for exporters that
+    /// push, such as OTLP).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.refresh_windows();
         if let Some(gpu) = &self.gpu {
             gpu.refresh();
         }
-        let mut buffer = Vec::new();
-        // Encoding into a Vec only fails on invalid metric families, which we never build.
-        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
-            tracing::error!(%err, "failed to encode metrics");
-        }
-        String::from_utf8_lossy(&buffer).into_owned()
+        self.registry.gather()
     }
 
     fn refresh_windows(&self) {

@@ -1,6 +1,8 @@
 //! Who is calling: API keys (`Authorization: Bearer <key>` or Azure OpenAI's `api-key` header)
 //! and, optionally, JWT bearer tokens from an identity provider. Each caller may be limited to
-//! some models and given per-minute quotas. Keys and the JWKS file are read again on SIGHUP.
+//! some models and given per-minute quotas. Keys and the JWKS file are read again on SIGHUP;
+//! signing keys fetched from the provider are fetched again then, periodically, and when a token
+//! names a key the set lacks.
 
 mod jwt;
 mod keys;
@@ -12,10 +14,11 @@ use axum::http::HeaderMap;
 use inferd_core::InferError;
 use serde::Deserialize;
 
-use self::jwt::JwtValidator;
-pub use self::jwt::{JwtSettings, JwtSubject};
+pub use self::jwt::{JwtRole, JwtSettings, JwtSubject, MISS_REFETCH_INTERVAL};
+use self::jwt::{JwtValidator, RemoteKeys};
 use self::keys::KeySet;
 pub use self::keys::{ApiKey, hash_key};
+use crate::outbound::Outbound;
 use crate::quota::{CallerQuota, Limits, QuotaBook, TokenReservation};
 
 /// How callers authenticate (the `[server.auth]` table).
@@ -26,7 +29,7 @@ pub struct AuthSettings {
     pub keys: Vec<ApiKey>,
     /// A file of more `[[keys]]`, read at start and again on SIGHUP.
     pub keys_file: Option<PathBuf>,
-    /// JWT bearer tokens, checked against a JWKS file.
+    /// JWT bearer tokens, checked against the identity provider's signing keys.
     pub jwt: Option<JwtSettings>,
     /// Whether `/metrics` needs credentials too (health endpoints never do).
     pub protect_metrics: bool,
@@ -61,23 +64,48 @@ struct Loaded {
 pub struct Authenticator {
     settings: AuthSettings,
     loaded: RwLock<Arc<Loaded>>,
+    /// Signing keys fetched from the identity provider, kept across reloads.
+    remote_keys: Option<Arc<RemoteKeys>>,
     quotas: QuotaBook,
 }
 
 impl Authenticator {
-    /// Reads the keys file and JWKS file the settings name.
-    pub fn new(settings: AuthSettings) -> Result<Self, AuthError> {
-        let loaded = load(&settings)?;
-        Ok(Self { settings, loaded: RwLock::new(Arc::new(loaded)), quotas: QuotaBook::default() })
+    /// Reads the keys file and JWKS file the settings name. Keys to be fetched from a URL are
+    /// not fetched here: [`Authenticator::keep_keys_fresh`] does that, and a token that comes
+    /// first waits for the fetch. `outbound` is the client that fetches them.
+    pub fn new(settings: AuthSettings, outbound: &Outbound) -> Result<Self, AuthError> {
+        let remote_keys =
+            settings.jwt.as_ref().map(|jwt| RemoteKeys::from_settings(jwt, outbound)).transpose()?.flatten();
+        let loaded = load(&settings, remote_keys.as_ref())?;
+        Ok(Self { settings, loaded: RwLock::new(Arc::new(loaded)), remote_keys, quotas: QuotaBook::default() })
     }
 
-    /// Reads the keys file and JWKS file again; on error the previous ones stay in force.
-    /// Returns the number of API keys now accepted.
+    /// Reads the keys file and JWKS file again, and fetches the identity provider's keys
+    /// again; on error the previous ones stay in force. Returns the number of API keys now
+    /// accepted. Blocking.
     pub fn reload(&self) -> Result<usize, AuthError> {
-        let loaded = load(&self.settings)?;
+        let loaded = load(&self.settings, self.remote_keys.as_ref())?;
         let count = loaded.keys.len();
         *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
+        if let Some(remote) = &self.remote_keys {
+            remote
+                .fetch_blocking()
+                .map_err(|err| AuthError::Config(format!("cannot fetch the signing keys: {err}")))?;
+        }
         Ok(count)
+    }
+
+    /// Fetches the identity provider's signing keys now and then every `jwks_refresh`, for as
+    /// long as the future runs; returns at once when the keys come from a file.
+    pub async fn keep_keys_fresh(&self) {
+        if let Some(remote) = &self.remote_keys {
+            Arc::clone(remote).keep_fresh().await;
+        }
+    }
+
+    /// How many times the identity provider's keys were fetched (or tried), if they are fetched.
+    pub fn key_fetches(&self) -> Option<u64> {
+        self.remote_keys.as_ref().map(|remote| remote.fetch_count())
     }
 
     /// Whether requests must authenticate.
@@ -91,7 +119,7 @@ impl Authenticator {
     }
 
     /// The caller that `headers` authenticate, or why they do not.
-    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Unauthenticated> {
+    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Unauthenticated> {
         if !self.is_enabled() {
             return Ok(Caller::anonymous());
         }
@@ -100,11 +128,13 @@ impl Authenticator {
         if let Some(jwt) = &loaded.jwt
             && credential.split('.').count() == 3
         {
-            let token = jwt.validate(credential).map_err(Unauthenticated)?;
+            let token = jwt.validate(credential).await.map_err(Unauthenticated)?;
             let settings = jwt.settings();
-            // A subject's own entry overrides the token-wide settings field by field.
+            // A subject's own entry overrides what the token's roles grant, which overrides the
+            // token-wide settings, field by field.
             let own = settings.subjects.iter().find(|entry| entry.subject == token.subject);
-            let models = own.and_then(|entry| entry.models.as_ref()).or(settings.models.as_ref());
+            let models =
+                own.and_then(|entry| entry.models.as_ref()).or(token.role_models.as_ref()).or(settings.models.as_ref());
             let limits = Limits {
                 requests_per_minute: own
                     .and_then(|entry| entry.limits.requests_per_minute)
@@ -127,12 +157,12 @@ impl Authenticator {
     }
 }
 
-fn load(settings: &AuthSettings) -> Result<Loaded, AuthError> {
+fn load(settings: &AuthSettings, remote_keys: Option<&Arc<RemoteKeys>>) -> Result<Loaded, AuthError> {
     let mut keys = settings.keys.clone();
     if let Some(path) = &settings.keys_file {
         keys.extend(KeySet::read_file(path)?);
     }
-    let jwt = settings.jwt.clone().map(JwtValidator::load).transpose()?;
+    let jwt = settings.jwt.clone().map(|jwt| JwtValidator::load(jwt, remote_keys)).transpose()?;
     Ok(Loaded { keys: KeySet::new(keys)?, jwt })
 }
 
@@ -221,11 +251,18 @@ mod tests {
             models,
             limits: Limits::default(),
         };
-        Authenticator::new(AuthSettings {
-            keys: vec![key("ops", "s3cret", None), key("team-a", "a-key", Some(vec!["iris".into()]))],
-            ..AuthSettings::default()
-        })
+        Authenticator::new(
+            AuthSettings {
+                keys: vec![key("ops", "s3cret", None), key("team-a", "a-key", Some(vec!["iris".into()]))],
+                ..AuthSettings::default()
+            },
+            &outbound(),
+        )
         .unwrap()
+    }
+
+    fn outbound() -> Outbound {
+        Outbound::new(None, std::time::Duration::from_secs(1)).unwrap()
     }
 
     fn headers(name: &'static str, value: &str) -> HeaderMap {
@@ -234,28 +271,32 @@ mod tests {
         headers
     }
 
-    #[test]
-    fn accepts_both_header_forms() {
+    #[tokio::test]
+    async fn accepts_both_header_forms() {
         let auth = authenticator();
-        assert_eq!(auth.authenticate(&headers("authorization", "Bearer s3cret")).unwrap().id(), "ops");
-        assert_eq!(auth.authenticate(&headers("api-key", "a-key")).unwrap().id(), "team-a");
-        let caller = auth.authenticate(&headers("authorization", "bearer a-key")).unwrap();
+        assert_eq!(auth.authenticate(&headers("authorization", "Bearer s3cret")).await.unwrap().id(), "ops");
+        assert_eq!(auth.authenticate(&headers("api-key", "a-key")).await.unwrap().id(), "team-a");
+        let caller = auth.authenticate(&headers("authorization", "bearer a-key")).await.unwrap();
         assert!(caller.may_use("iris") && !caller.may_use("wine"));
     }
 
-    #[test]
-    fn refuses_missing_and_wrong_credentials() {
+    #[tokio::test]
+    async fn refuses_missing_and_wrong_credentials() {
         let auth = authenticator();
-        let refuse = |headers: HeaderMap| auth.authenticate(&headers).unwrap_err().0;
-        assert!(refuse(HeaderMap::new()).contains("missing credentials"));
-        assert!(refuse(headers("authorization", "Bearer nope")).contains("invalid API key"));
-        assert!(refuse(headers("authorization", "Basic czNjcmV0")).contains("use Bearer"));
-        assert!(refuse(headers("authorization", "Bearer ")).contains("missing"));
+        for (headers, expected) in [
+            (HeaderMap::new(), "missing credentials"),
+            (headers("authorization", "Bearer nope"), "invalid API key"),
+            (headers("authorization", "Basic czNjcmV0"), "use Bearer"),
+            (headers("authorization", "Bearer "), "missing"),
+        ] {
+            let refused = auth.authenticate(&headers).await.unwrap_err().0;
+            assert!(refused.contains(expected), "{refused}");
+        }
     }
 
-    #[test]
-    fn without_settings_everyone_is_anonymous() {
-        let auth = Authenticator::new(AuthSettings::default()).unwrap();
-        assert_eq!(auth.authenticate(&HeaderMap::new()).unwrap().id(), "anonymous");
+    #[tokio::test]
+    async fn without_settings_everyone_is_anonymous() {
+        let auth = Authenticator::new(AuthSettings::default(), &outbound()).unwrap();
+        assert_eq!(auth.authenticate(&HeaderMap::new()).await.unwrap().id(), "anonymous");
     }
 }
