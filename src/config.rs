@@ -78,7 +78,8 @@ pub struct ModelConfig {
     /// family.
     #[serde(default)]
     pub precision: Option<Precision>,
-    /// Most threads the native engines use for one batch; default every core.
+    /// Most threads the native engines use for one batch; default every core the process may
+    /// use (within a container's CPU quota; one per physical core for transformers).
     #[serde(default)]
     pub threads: Option<usize>,
     /// How its batches form.

@@ -442,6 +442,30 @@ async fn keys_file_reloads_on_sighup() {
 }
 
 #[tokio::test]
+async fn keys_file_reloads_when_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let write = |id: &str, key: &str| {
+        std::fs::write(&keys, format!("[[keys]]\nid = \"{id}\"\nsha256 = \"{}\"\n", hash(key))).unwrap();
+    };
+    write("first", "first-key");
+    let server = Server::start_ready(
+        &bundled_model("iris-logistic", ""),
+        &format!("[server.auth]\nkeys_file = \"{}\"\nwatch_interval = \"100ms\"\n", keys.display()),
+    )
+    .await;
+    let with = |key: &'static str| infer_with(&server, "iris-logistic", Some(("api-key", key)));
+    assert_eq!(with("first-key").await.status(), 200);
+    // As a mounted Secret rotates: a new file swapped in under the same name, no signal.
+    let staged = dir.path().join("keys.toml.new");
+    std::fs::write(&staged, format!("[[keys]]\nid = \"rotated\"\nsha256 = \"{}\"\n", hash("rotated-key-1"))).unwrap();
+    std::fs::rename(&staged, &keys).unwrap();
+    server.wait_for_log("credentials' files changed: reloaded").await;
+    assert_eq!(with("rotated-key-1").await.status(), 200);
+    assert_eq!(with("first-key").await.status(), 401, "the old key is gone");
+}
+
+#[tokio::test]
 async fn serves_https_with_the_configured_certificate() {
     let server =
         format!("[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n", fixture("tls.cert.pem"), fixture("tls.key.pem"));

@@ -47,6 +47,16 @@ impl FromStr for CpuLevel {
     }
 }
 
+/// Threads a native engine uses for one batch unless its model sets `threads`: candle's
+/// default (`RAYON_NUM_THREADS` when set, else one per physical core of the CPUs this process
+/// may run on), but never more than the CPUs it may use, which in a container is its CPU
+/// quota (a Kubernetes CPU limit); more threads than that are throttled, not faster.
+pub fn default_threads() -> usize {
+    let preferred = candle_core::utils::get_num_threads();
+    let allowed = std::thread::available_parallelism().map_or(preferred, usize::from);
+    preferred.min(allowed).max(1)
+}
+
 /// The widest level this CPU offers.
 pub fn detected() -> CpuLevel {
     #[cfg(target_arch = "x86_64")]

@@ -12,6 +12,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
 
 use crate::app::router;
+use crate::auth::Authenticator;
 use crate::parse_refusals::ShapedRefusals;
 use crate::state::AppState;
 
@@ -45,6 +46,7 @@ where
     let reloader = tokio::spawn(reload_on_hangup(state.clone()));
     let auth = Arc::clone(&state.auth);
     let key_refresher = tokio::spawn(async move { auth.keep_keys_fresh().await });
+    let watcher = tokio::spawn(reload_on_change(Arc::clone(&state.auth)));
     let settings = Arc::clone(&state.settings);
     let draining_state = state.clone();
     let drain_delay = settings.drain_delay;
@@ -99,6 +101,7 @@ where
     #[cfg(unix)]
     reloader.abort();
     key_refresher.abort();
+    watcher.abort();
     Ok(())
 }
 
@@ -120,6 +123,33 @@ async fn reload_on_hangup(state: AppState) {
             Ok(Ok(keys)) => tracing::info!(keys, "SIGHUP: credentials reloaded"),
             Ok(Err(err)) => tracing::error!(%err, "SIGHUP: reload failed; the previous credentials stay in force"),
             Err(err) => tracing::error!(%err, "SIGHUP: reload failed"),
+        }
+    }
+}
+
+/// Reads the credentials' files again when they change on disk (a rotated Kubernetes Secret or
+/// Key Vault mount), looking every `auth.watch_interval`; a file that fails to load leaves the
+/// previous credentials in force.
+async fn reload_on_change(auth: Arc<Authenticator>) {
+    let interval = auth.watch_interval();
+    if interval.is_zero() {
+        return;
+    }
+    let mut seen = auth.file_stamps();
+    loop {
+        tokio::time::sleep(interval).await;
+        let now = auth.file_stamps();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let reloading = Arc::clone(&auth);
+        match tokio::task::spawn_blocking(move || reloading.reload_files()).await {
+            Ok(Ok(keys)) => tracing::info!(keys, "credentials' files changed: reloaded"),
+            Ok(Err(err)) => {
+                tracing::error!(%err, "credentials' files changed: reload failed; the previous credentials stay in force");
+            }
+            Err(err) => tracing::error!(%err, "credentials' files changed: reload failed"),
         }
     }
 }

@@ -49,6 +49,19 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, so that each series exists (at 0) before its first refusal: alerts and
+    /// dashboards then read 0, not "no data".
+    pub const ALL: [RejectReason; 8] = [
+        Self::Auth,
+        Self::Quota,
+        Self::QueueTime,
+        Self::QueueFull,
+        Self::Concurrency,
+        Self::Unavailable,
+        Self::Invalid,
+        Self::Timeout,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -242,6 +255,9 @@ impl Metrics {
             &["level"],
         );
         cpu_kernels.with_label_values(&[&crate::cpu_level().to_string()]).set(1);
+        for reason in RejectReason::ALL {
+            metrics.rejected.with_label_values(&[reason.as_str()]);
+        }
         let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
             Box::new(cpu_kernels),
             Box::new(metrics.requests.clone()),

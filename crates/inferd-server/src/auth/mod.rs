@@ -22,17 +22,33 @@ use crate::outbound::Outbound;
 use crate::quota::{CallerQuota, Limits, QuotaBook, TokenReservation};
 
 /// How callers authenticate (the `[server.auth]` table).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// API keys given in the configuration file.
     pub keys: Vec<ApiKey>,
-    /// A file of more `[[keys]]`, read at start and again on SIGHUP.
+    /// A file of more `[[keys]]`, read at start, on SIGHUP, and when it changes.
     pub keys_file: Option<PathBuf>,
     /// JWT bearer tokens, checked against the identity provider's signing keys.
     pub jwt: Option<JwtSettings>,
     /// Whether `/metrics` needs credentials too (health endpoints never do).
     pub protect_metrics: bool,
+    /// How often the keys file and JWKS file are checked for changes (a rotated Kubernetes
+    /// Secret or Key Vault mount) and read again when they changed; zero: only on SIGHUP.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: std::time::Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            keys_file: None,
+            jwt: None,
+            protect_metrics: false,
+            watch_interval: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 impl AuthSettings {
@@ -84,15 +100,42 @@ impl Authenticator {
     /// again; on error the previous ones stay in force. Returns the number of API keys now
     /// accepted. Blocking.
     pub fn reload(&self) -> Result<usize, AuthError> {
-        let loaded = load(&self.settings, self.remote_keys.as_ref())?;
-        let count = loaded.keys.len();
-        *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
+        let count = self.reload_files()?;
         if let Some(remote) = &self.remote_keys {
             remote
                 .fetch_blocking()
                 .map_err(|err| AuthError::Config(format!("cannot fetch the signing keys: {err}")))?;
         }
         Ok(count)
+    }
+
+    /// Reads the keys file and JWKS file again; on error the previous ones stay in force.
+    /// Returns the number of API keys now accepted. Blocking.
+    pub fn reload_files(&self) -> Result<usize, AuthError> {
+        let loaded = load(&self.settings, self.remote_keys.as_ref())?;
+        let count = loaded.keys.len();
+        *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
+        Ok(count)
+    }
+
+    /// How often to look for changed files; zero when never (or when no file is configured).
+    pub fn watch_interval(&self) -> std::time::Duration {
+        if self.file_stamps().is_empty() { std::time::Duration::ZERO } else { self.settings.watch_interval }
+    }
+
+    /// The modification time and size of each credentials file (`None` where it cannot be
+    /// read), to tell when one changed. Links are followed, as a mounted Secret's are swapped.
+    pub fn file_stamps(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
+        let jwks = self.settings.jwt.as_ref().and_then(|jwt| jwt.jwks_file.as_ref());
+        self.settings
+            .keys_file
+            .iter()
+            .chain(jwks)
+            .map(|path| {
+                let metadata = std::fs::metadata(path).ok()?;
+                Some((metadata.modified().ok()?, metadata.len()))
+            })
+            .collect()
     }
 
     /// Fetches the identity provider's signing keys now and then every `jwks_refresh`, for as

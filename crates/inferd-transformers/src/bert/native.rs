@@ -6,7 +6,6 @@
 //! sequence, and per sequence in parallel. Bias, activation, residual and layer norm are fused
 //! into the passes that produce or consume each product.
 
-use candle_core::utils::get_num_threads;
 use inferd_core::{EmbeddingModel, InferError, TokenLayout};
 use rayon::prelude::*;
 
@@ -89,7 +88,7 @@ impl NativeBert {
                 output_norm: norm(&at("output.LayerNorm"))?,
             });
         }
-        let threads = threads.unwrap_or_else(get_num_threads).max(1);
+        let threads = threads.unwrap_or_else(inferd_core::cpu::default_threads).max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|index| format!("inferd-bert-{index}"))

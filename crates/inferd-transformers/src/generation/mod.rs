@@ -34,7 +34,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
-use candle_core::utils::get_num_threads;
 use inferd_core::{Device, Engine, GenerationInfo};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
@@ -146,7 +145,9 @@ impl Target {
             Engine::Native if !on_cpu => Err(LoadError::Device(
                 "the native generation engine runs on the CPU only; use engine = \"tensor\" on a GPU".into(),
             )),
-            Engine::Native => Ok(Self::Native { threads: options.threads.unwrap_or_else(get_num_threads).max(1) }),
+            Engine::Native => {
+                Ok(Self::Native { threads: options.threads.unwrap_or_else(inferd_core::cpu::default_threads).max(1) })
+            }
             Engine::Tensor => Ok(Self::Tensor(device.clone())),
         }
     }
