@@ -1,7 +1,8 @@
 //! A bare axum server that answers inferd's hottest routes with nothing around them: no
 //! authentication, quotas, limits, metrics, logs, traces, batching or model. It parses each body
 //! with serde_json as a real server must, and answers a response of the same shape and about the
-//! same size as inferd's. `benches/http_path.py` runs it beside inferd under the same load, so
+//! same size as inferd's, and uses the same allocator as the `inferd` binary (mimalloc).
+//! `benches/http_path.py` runs it beside inferd under the same load, so
 //! that the ratio of the two is what inferd's request path costs over the HTTP stack itself.
 //!
 //! ```sh
@@ -130,6 +131,9 @@ async fn embeddings(body: Bytes) -> Response {
     }))
     .into_response()
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {

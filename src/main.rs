@@ -1,6 +1,8 @@
 //! The `inferd` command line.
 
 mod cli;
+mod log_format;
+mod log_writer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,6 +117,14 @@ enum LogFormat {
     Json,
 }
 
+/// mimalloc rather than glibc's allocator: a connection's buffers are allocated on one runtime
+/// thread and often freed on the other, and glibc then takes the first thread's arena lock. On
+/// two cores serving one-row requests those locks were two thirds of the server's futex calls,
+/// and mimalloc (whose frees from another thread take no lock) cut its CPU per request by about
+/// a tenth (`benches/http_path.py`; README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn humantime_duration(text: &str) -> Result<Duration, String> {
     humantime_serde::re::humantime::parse_duration(text).map_err(|err| err.to_string())
 }
@@ -208,17 +218,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let filter = tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
-            // Lines are written by a thread of their own, many per write: a write to standard
-            // error for every request cost a system call on the request's thread (7% of a
-            // one-row request's time). Not lossy: a full buffer makes callers wait, never drops
-            // a line. The guard flushes what is pending when `serve` returns.
-            let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-                .lossy(false)
-                .thread_name("inferd-log")
-                .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+            // Lines are written by a thread of their own, many per write (`log_writer`). The
+            // guard writes what is pending when `serve` returns.
+            let (writer, _flush_on_exit) =
+                log_writer::buffered(std::io::stderr()).context("cannot start the log writer")?;
             let logs = tracing_subscriber::fmt().with_writer(writer).with_env_filter(filter);
             match args.log_format {
-                LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+                LogFormat::Text => logs
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .fmt_fields(log_format::Fields)
+                    .with_timer(log_format::Clock)
+                    .init(),
                 LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
             }
             let config = args.config()?;

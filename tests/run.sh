@@ -95,6 +95,8 @@ wait_ready "$auth_port" "$auth_server" "$auth_log"
 INFERD_URL="127.0.0.1:$port" INFERD_AUTH_URL="127.0.0.1:$auth_port" INFERD_TEST_KEY="$test_key" \
   INFERD_LIMITED_KEY="$limited_key" "$venv/bin/python" -m unittest discover -s tests/python -v
 kill "$auth_server"
+# The log is complete once the server has exited (it writes its buffered lines as it stops).
+wait "$auth_server" || true
 if grep -q -e "$test_key" -e "$limited_key" "$auth_log"; then
   echo "an API key appeared in the server's log" >&2
   exit 1

@@ -309,38 +309,55 @@ impl<M: BatchModel> Batcher<M> {
     /// worker would: no batch is running, the policy sets no batch window, and the model has
     /// shown that a batch of this size takes under [`INLINE_BELOW`] (a one-row linear or tree
     /// model takes a few microseconds; waking the worker thread and being woken by it, tens).
-    /// Otherwise, or when work remains queued after it, the worker is woken.
-    fn take_or_announce(&self, mut lane: MutexGuard<'_, Lane<Job<M>, Pace>>) {
-        let now = Instant::now();
-        // Expired and abandoned requests are never run, by whichever thread runs the batch.
-        lane.prune(now);
-        let (count, _) = self.runner.fit(lane.entries());
-        let items: usize = lane.entries().iter().take(count).map(|job| job.size).sum();
-        let cheap = lane
-            .backlog
-            .costs
-            .seconds_per_item(items)
-            .is_some_and(|seconds| seconds * items as f64 <= INLINE_BELOW.as_secs_f64());
-        let idle = lane.backlog.running.is_none() && count > 0;
-        // Never wait for the model here: if the worker holds it, the work is the worker's.
-        let model = if cheap && idle && self.runner.policy.max_queue_delay.is_zero() {
-            self.runner.model.try_lock().ok()
-        } else {
-            None
-        };
-        let Some(model) = model else {
+    /// What was queued meanwhile is run the same way, up to [`INLINE_ROUNDS`] batches; then, or
+    /// when a batch is not cheap, the worker is woken.
+    ///
+    /// While a batch runs, whoever runs it takes what is queued when it ends (the worker by its
+    /// loop, a caller by this one), so a request queued behind it wakes nobody: on two cores,
+    /// waking the worker for every request that found the model busy cost a system call and a
+    /// context switch each.
+    fn take_or_announce<'a>(&'a self, mut lane: MutexGuard<'a, Lane<Job<M>, Pace>>) {
+        for _ in 0..INLINE_ROUNDS {
+            if lane.backlog.running.is_some() {
+                return;
+            }
+            let now = Instant::now();
+            // Expired and abandoned requests are never run, by whichever thread runs the batch.
+            lane.prune(now);
+            let (count, _) = self.runner.fit(lane.entries());
+            if count == 0 {
+                return;
+            }
+            let items: usize = lane.entries().iter().take(count).map(|job| job.size).sum();
+            let cheap = lane
+                .backlog
+                .costs
+                .seconds_per_item(items)
+                .is_some_and(|seconds| seconds * items as f64 <= INLINE_BELOW.as_secs_f64());
+            // Never wait for the model here: if the worker holds it, the work is the worker's.
+            let model = if cheap && self.runner.policy.max_queue_delay.is_zero() {
+                self.runner.model.try_lock().ok()
+            } else {
+                None
+            };
+            let Some(model) = model else {
+                drop(lane);
+                self.queue.notify();
+                return;
+            };
+            let batch = lane.take(count);
+            lane.backlog.running = Some((now, lane.backlog.costs.time_for(items, items)));
             drop(lane);
-            self.queue.notify();
-            return;
-        };
-        let batch = lane.take(count);
-        lane.backlog.running = Some((now, lane.backlog.costs.time_for(items, items)));
+            let unwinding = HandOverOnUnwind(&self.queue);
+            self.runner.run(&self.queue, model, batch);
+            std::mem::forget(unwinding);
+            lane = self.queue.lock();
+        }
         let more = !lane.entries().is_empty();
         drop(lane);
         if more {
             self.queue.notify();
         }
-        self.runner.run(&self.queue, model, batch);
     }
 }
 
@@ -355,6 +372,22 @@ impl<M: BatchModel> Drop for Batcher<M> {
 /// The longest a batch may be expected to take for a caller to run it on its own thread
 /// ([`Batcher::take_or_announce`]).
 const INLINE_BELOW: Duration = Duration::from_micros(50);
+
+/// Should an inline batch unwind outside the model call (which [`guarded`] catches), marks it
+/// ended and wakes the worker, so that what queued behind it is not left waiting for a batch
+/// that will never finish.
+struct HandOverOnUnwind<'a, M: BatchModel>(&'a Queue<M>);
+
+impl<M: BatchModel> Drop for HandOverOnUnwind<'_, M> {
+    fn drop(&mut self) {
+        self.0.lock().backlog.running = None;
+        self.0.notify();
+    }
+}
+
+/// The most batches one caller runs inline (its own and those queued meanwhile) before it
+/// hands the rest to the worker: its own answer waits for them.
+const INLINE_ROUNDS: usize = 4;
 
 /// The model and how its batches are formed and run: the worker thread's, shared with callers
 /// that run a cheap request inline.

@@ -9,10 +9,10 @@ use axum::routing::get;
 
 use crate::error::protocol_status;
 use crate::state::AppState;
-use crate::{guard, observe, openai, v2};
+use crate::{observe, openai, v2};
 
-/// Every route of the server, behind the guard (credentials, quotas, concurrency, timeout)
-/// and the observer (request ids, metrics, Server-Timing, logs, traces).
+/// Every route of the server, behind the observer (request ids, metrics, Server-Timing, logs,
+/// traces), which runs the guard (credentials, quotas, concurrency, timeout) inside it.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_body_bytes;
     Router::new()
@@ -22,7 +22,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), observe::observe))
         .with_state(state)
 }

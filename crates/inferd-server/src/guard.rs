@@ -3,7 +3,7 @@
 //! free slot under `max_concurrent_requests`, and the request timeout. Refusals come in the
 //! error shape of the protocol the path belongs to.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -34,14 +34,13 @@ pub(crate) fn is_inference(method: &Method) -> bool {
     method == Method::POST
 }
 
-pub(crate) async fn guard(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
-    if is_public(&path, &state) {
+pub(crate) async fn guard(state: &AppState, path: &str, mut request: Request, next: Next) -> Response {
+    if is_public(path, state) {
         return next.run(request).await;
     }
     let caller = match state.auth.authenticate(request.headers()).await {
         Ok(caller) => caller,
-        Err(refused) => return protocol_error(&path, InferError::Unauthenticated(refused.0)),
+        Err(refused) => return protocol_error(path, InferError::Unauthenticated(refused.0)),
     };
     let with_caller = |mut response: Response, caller| {
         response.extensions_mut().insert(caller);
@@ -55,10 +54,10 @@ pub(crate) async fn guard(State(state): State<AppState>, mut request: Request, n
     // nothing.
     let Ok(permit) = state.concurrency.clone().try_acquire_owned() else {
         let err = InferError::Busy { retry_after: state.busy_retry_after() };
-        return with_caller(protocol_error(&path, err), caller);
+        return with_caller(protocol_error(path, err), caller);
     };
     if let Err(err) = caller.take_request() {
-        return with_caller(protocol_error(&path, err), caller);
+        return with_caller(protocol_error(path, err), caller);
     }
     // One deadline for the whole request: this timer, and the batcher's (which drops a request
     // still queued at it), through the request's clock.
@@ -73,12 +72,12 @@ pub(crate) async fn guard(State(state): State<AppState>, mut request: Request, n
     if state.settings.log_payloads {
         request = match payload::log_request(request, state.settings.max_body_bytes).await {
             Ok(request) => request,
-            Err(refusal) => return with_caller(protocol_status(&path, refusal.0, refusal.1), caller),
+            Err(refusal) => return with_caller(protocol_status(path, refusal.0, refusal.1), caller),
         };
     }
     let response = match tokio::time::timeout_at(deadline.into(), next.run(request)).await {
         Ok(response) => response,
-        Err(_) => protocol_error(&path, InferError::Timeout),
+        Err(_) => protocol_error(path, InferError::Timeout),
     };
     let response = if state.settings.log_payloads { payload::log_response(response).await } else { response };
     drop(slot);

@@ -1,6 +1,8 @@
 //! The observer around every request: a request id (the client's `x-request-id`, or a new
 //! UUID), echoed back; the stage clock handlers mark; the edge's checks and error shapes
-//! ([`crate::edge`]); then, once the response is ready, the
+//! ([`crate::edge`]); the guard ([`crate::guard`]: credentials, quotas, limits, timeout), called
+//! from here rather than as a second middleware layer, which cost each request another boxed
+//! future and clone of the routes; then, once the response is ready, the
 //! metrics, the `Server-Timing`, `inferd-batch-size` and `x-ratelimit-*` headers, one log line,
 //! and, when configured, the trace spans.
 
@@ -15,7 +17,7 @@ use inferd_core::RejectReason;
 use crate::auth::Caller;
 use crate::edge;
 use crate::error::reject_reason_of_status;
-use crate::guard::is_inference;
+use crate::guard::{guard, is_inference};
 use crate::state::{AppState, ModelLabel, TokenUsage};
 use crate::telemetry::RequestTrace;
 use crate::timing::{Timing, millis, server_timing};
@@ -50,7 +52,7 @@ pub(crate) async fn observe(State(state): State<AppState>, mut request: Request,
     let in_flight = inference.then(|| metrics.enter_request());
     let response = match edge::refuse_oversized(&request) {
         Some(refused) => refused,
-        None => next.run(request).await,
+        None => guard(&state, &path, request, next).await,
     };
     let mut response = edge::in_protocol_shape(&path, &id, response).await;
     drop(in_flight);

@@ -288,8 +288,8 @@ impl Metrics {
     /// Records one answered request. `model` should be empty for requests that named no
     /// configured model, so that arbitrary names cannot grow the label set.
     pub fn observe_request(&self, model: &str, endpoint: &str, status: u16, elapsed: Duration) {
-        let code = status.to_string();
-        let labels = [model, endpoint, code.as_str()];
+        let mut code = itoa::Buffer::new();
+        let labels = [model, endpoint, code.format(status)];
         self.requests.with_label_values(&labels).inc();
         self.request_duration.with_label_values(&labels).observe(elapsed.as_secs_f64());
         if !model.is_empty() && (200..300).contains(&status) {
