@@ -149,3 +149,65 @@ fn truncation_and_token_arrays() {
     assert_eq!(loaded.encoder.encode_ids(&too_many, true).unwrap().len(), golden.max_seq_length);
     assert!(loaded.encoder.encode_ids(&too_many, false).is_err());
 }
+
+/// A tiny model folder written by sentence-transformers 6 (`models/reference/make_tiny_encoders.py`),
+/// with that library's own embeddings in `golden.json`.
+#[derive(Deserialize)]
+struct TinyGolden {
+    normalize: bool,
+    max_seq_length: usize,
+    dimension: usize,
+    cases: Vec<TinyCase>,
+}
+
+#[derive(Deserialize)]
+struct TinyCase {
+    text: String,
+    token_ids: Vec<u32>,
+    embedding: Vec<f32>,
+}
+
+fn norm(vector: &[f32]) -> f64 {
+    vector.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
+}
+
+/// Folders saved by today's sentence-transformers (6.x module paths, one `pooling_mode`, the
+/// sequence length in the tokenizer's configuration) load and match it, on both engines: mean
+/// pooling with `Normalize`, and CLS pooling without.
+#[test]
+fn folders_saved_by_sentence_transformers_6_match_it() {
+    for name in ["st6-bert-mean", "st6-bert-cls"] {
+        let folder = root().join("tests/fixtures/encoders").join(name);
+        let golden: TinyGolden =
+            serde_json::from_str(&std::fs::read_to_string(folder.join("golden.json")).expect("golden file"))
+                .expect("golden JSON");
+        for engine in [Engine::Native, Engine::Tensor] {
+            let options = EmbeddingOptions { engine: Some(engine), ..EmbeddingOptions::default() };
+            let mut loaded = load_embedding(&ModelSource::Folder(folder.clone()), &Device::Cpu, options)
+                .unwrap_or_else(|err| panic!("{name} loads: {err}"));
+            assert_eq!(loaded.info.max_seq_length, golden.max_seq_length, "{name}");
+            assert_eq!(loaded.info.dimensions, golden.dimension, "{name}");
+            let mut sequences = Vec::new();
+            for case in &golden.cases {
+                let ids = loaded.encoder.encode_text(&case.text, true).expect("encodes");
+                assert_eq!(ids, case.token_ids, "{name}, {:?}: token ids", case.text);
+                sequences.push(ids);
+            }
+            let batch: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+            let vectors = loaded.model.embed(&batch).expect("embeds");
+            for (case, vector) in golden.cases.iter().zip(&vectors) {
+                let similarity = cosine(vector, &case.embedding);
+                assert!(similarity >= MIN_COSINE, "{name} ({engine:?}), {:?}: cosine {similarity}", case.text);
+                let (got, want) = (norm(vector), norm(&case.embedding));
+                assert!(
+                    (got - want).abs() <= 1e-4 * want,
+                    "{name} ({engine:?}), {:?}: norm {got} against {want}",
+                    case.text
+                );
+                if golden.normalize {
+                    assert!((got - 1.0).abs() < 1e-5, "{name}: not normalised ({got})");
+                }
+            }
+        }
+    }
+}
