@@ -133,8 +133,11 @@ struct Windows {
 impl Windows {
     fn record(&self, model: &str, record: impl FnOnce(&mut Window)) {
         let mut windows = self.by_model.lock().unwrap_or_else(PoisonError::into_inner);
-        let window = windows.entry(model.to_string()).or_insert_with(|| Window::new(self.started));
-        record(window);
+        // Looked up before inserting: `entry` would allocate the name for every request.
+        match windows.get_mut(model) {
+            Some(window) => record(window),
+            None => record(windows.entry(model.to_string()).or_insert_with(|| Window::new(self.started))),
+        }
     }
 }
 
