@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod batcher;
+pub mod calendar;
 pub mod cpu;
 pub mod device;
 pub mod embedding;
